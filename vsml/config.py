@@ -1,0 +1,275 @@
+"""Typed experiment configuration: defaults < YAML files < `key=value` overrides.
+
+Every field has a short comment. An unknown key is an error that names the key
+and the closest valid one; a bad value names the field, the value and what is
+allowed; settings that do not fit together are errors too (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with a message a user can act on."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConvLayerConfig(_Section):
+    channels: int = Field(8, ge=1)  # output channels (sub-RNNs per kernel entry)
+    kernel_size: int = Field(3, ge=1)  # square kernel, SAME padding
+    stride: int = Field(1, ge=1)
+
+
+class ModelConfig(_Section):
+    hidden_layers: list[int] = []  # dense hidden sizes; [] is one input->output layer
+    conv_layers: list[ConvLayerConfig] = []  # conv VSML layers before the dense ones
+    message_size: int = Field(8, ge=2)  # M: channels of forward/backward messages
+    state_size: int = Field(16, ge=2)  # S: hidden (and cell) size of each sub-LSTM
+    num_micro_ticks: int = Field(2, ge=1)  # K: LSTM updates per layer update
+    output_index: int = Field(1, ge=0)  # forward-message channel read as the logit
+    output_bound: float = Field(100.0, gt=0)  # logits bounded as b * tanh(x / b)
+    feed_label: bool = True  # previous one-hot label in backward channel 1
+    backward_pass: bool = False  # tick last-to-first again after the error
+    separate_backward_rnn: bool = False  # own sub-RNN for the backward pass
+    layerwise_rnns: bool = False  # one sub-RNN per layer instead of one for all
+    layer_norm: bool = False  # layer norm on the forward/backward read-outs
+    init_rand_proportion: float = Field(0.5, ge=0, le=1)  # random part of c at t=0
+    aggregation: Literal["mean", "sum"] = "mean"  # how messages are pooled
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.output_index >= self.message_size:
+            raise ValueError(
+                f"model.output_index={self.output_index} must be below "
+                f"model.message_size={self.message_size}"
+            )
+        if self.separate_backward_rnn and not self.backward_pass:
+            raise ValueError(
+                "model.separate_backward_rnn needs model.backward_pass: true"
+            )
+        if any(h < 1 for h in self.hidden_layers):
+            raise ValueError(
+                f"model.hidden_layers={self.hidden_layers}: every size must be >= 1"
+            )
+        return self
+
+
+class DatasetConfig(_Section):
+    name: str = "mnist"  # mnist, fashion_mnist, digits, random, sum, or an IDX dir
+    random_projection: bool = False  # fixed random projection of the input
+    permute_pixels: bool = False  # fixed random pixel permutation
+    classes: list[int] | None = None  # keep only these classes (relabelled 0..)
+    projection_seed: int = 0  # seed of the projection and permutation
+
+
+class DataConfig(_Section):
+    train: list[DatasetConfig] = [DatasetConfig()]  # meta-training datasets
+    image_size: tuple[int, int] = (28, 28)  # every input resized to this
+    channels: int = Field(1, ge=1)  # inputs padded to this many channels
+    num_classes: int = Field(10, ge=2)  # class count padded to this
+    data_dir: str | None = None  # IDX files; default $VSML_DATA_DIR or ./data
+
+
+class TrainingConfig(_Section):
+    episode_length: int = Field(100, ge=1)  # steps per meta-training episode
+    batch_size: int = Field(1, ge=1)  # examples per step (states merged if > 1)
+    meta_loss: Literal["mean", "last"] = "mean"  # whole episode or last prediction
+    num_iterations: int = Field(1000, ge=0)  # meta-iterations
+    time_limit_minutes: float | None = Field(None, gt=0)  # stop early after this
+    few_shot_ways: int | None = Field(None, ge=2)  # classes per few-shot episode
+    log_every: int = Field(10, ge=1)  # metrics every N iterations
+    checkpoint_every: int = Field(100, ge=1)  # checkpoint every N iterations
+    compile: bool = False  # torch.compile the layer update (slow start, faster)
+    member_chunk: int = Field(0, ge=0)  # members evaluated at once; 0 = automatic
+
+
+class OptimizerConfig(_Section):
+    type: Literal["es", "backprop"] = "es"
+    population_size: int = Field(16, ge=1)  # ES: antithetic pairs; BP: trajectories
+    sigma: float = Field(0.05, gt=0)  # ES noise scale
+    learning_rate: float = Field(0.025, gt=0)  # Adam step size
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    clip_norm: float | None = Field(None, gt=0)  # global-norm clip of the update
+    checkpoint_segment: int = Field(10, ge=1)  # BP: steps between saved states
+
+
+class EvaluationConfig(_Section):
+    datasets: list[DatasetConfig] = [
+        DatasetConfig(name="mnist"),
+        DatasetConfig(name="fashion_mnist"),
+    ]  # meta-test datasets (test split)
+    every: int = Field(100, ge=1)  # meta-test every N iterations (and at the end)
+    num_episodes: int = Field(4, ge=1)  # fresh test episodes per dataset
+    episode_length: int = Field(2000, ge=1)  # inner steps per test episode
+    batch_size: int = Field(1, ge=1)
+    baselines: list[Literal["sgd", "adam"]] = ["sgd", "adam"]  # online MLPs
+    sgd_learning_rate: float = Field(0.1, gt=0)
+    adam_learning_rate: float = Field(0.001, gt=0)
+    baseline_hidden: int = Field(128, ge=1)  # hidden units of the baseline MLP
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        ways = self.training.few_shot_ways
+        if ways is not None:
+            if ways > self.data.num_classes:
+                raise ValueError(
+                    f"training.few_shot_ways={ways} exceeds "
+                    f"data.num_classes={self.data.num_classes}"
+                )
+            if self.training.episode_length < ways:
+                raise ValueError(
+                    f"training.episode_length={self.training.episode_length} is "
+                    f"shorter than training.few_shot_ways={ways}: every class must "
+                    "appear at least once"
+                )
+        if self.model.output_index >= self.model.message_size:
+            raise ValueError("model.output_index must be below model.message_size")
+        return self
+
+
+# --- loading, merging and error messages -----------------------------------
+
+CONFIG_DIR = Path(os.environ.get("VSML_CONFIG_DIR", Path(__file__).parent.parent / "configs"))
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets in configs/."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A preset name (`quick`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise ConfigError(
+        f"config {name_or_path!r} is neither a file nor a preset; presets: "
+        + ", ".join(preset_names())
+    )
+
+
+def read_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
+    """Parse YAML into a mapping; errors name the line and column."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `update` into a copy of `base` (mappings merge, rest wins)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`training.episode_length=50` -> {"training": {"episode_length": 50}}."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {text!r} has an empty key")
+    value = read_yaml(f"v: {raw}", source=f"override {text!r}")["v"] if raw else None
+    nested: dict[str, Any] = {keys[-1]: value}
+    for key in reversed(keys[:-1]):
+        nested = {key: nested}
+    return nested
+
+
+def _closest(key: str, model: type[BaseModel]) -> str:
+    match = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.0)
+    return match[0] if match else ""
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The pydantic model that holds the field at `loc` (for suggestions)."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        for cand in candidates:
+            inner = [cand, *getattr(cand, "__args__", ())]
+            found = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
+            if found:
+                model = found[0]
+                break
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(p) for p in loc) or "config"
+    if error["type"] == "extra_forbidden":
+        hint = _closest(str(loc[-1]), _model_at(loc))
+        return f"unknown key {where!r}" + (f"; did you mean {hint!r}?" if hint else "")
+    if error["type"] == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}={error.get('input')!r}: {error['msg']}"
+
+
+def validate(data: dict[str, Any]) -> ExperimentConfig:
+    """Build a typed config; raises ConfigError naming every problem."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(e) for e in err.errors()]
+        raise ConfigError("; ".join(problems)) from None
+
+
+def load_config(
+    paths: list[str] | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Defaults, then each YAML file (preset name or path), then overrides."""
+    data: dict[str, Any] = {}
+    for name in paths or []:
+        path = resolve_config_path(name)
+        data = deep_merge(data, read_yaml(path.read_text(), source=str(path)))
+    for text in overrides or []:
+        data = deep_merge(data, parse_override(text))
+    return validate(data)
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (round-trips through `validate`)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
