@@ -148,7 +148,7 @@ def naive_episode(spec, params, h0, c0, x, y):
     out = torch.zeros(P, T, N, spec.num_classes, dtype=x.dtype)
     for p in range(P):
 
-        def rnn_for(layer, backward=False):
+        def rnn_for(layer, backward=False, p=p):
             idx = layer if cfg.layerwise_rnns else 0
             prefix = (
                 "bwd" if backward and cfg.separate_backward_rnn else "fwd"
@@ -159,26 +159,26 @@ def naive_episode(spec, params, h0, c0, x, y):
                 if k.startswith(prefix)
             }
 
-        h = [[h0[l][p, n].clone() for l in range(L)] for n in range(N)]
-        c = [[c0[l][p, n].clone() for l in range(L)] for n in range(N)]
+        h = [[h0[li][p, n].clone() for li in range(L)] for n in range(N)]
+        c = [[c0[li][p, n].clone() for li in range(L)] for n in range(N)]
         bwd_in = [[None] * L for _ in range(N)]
         for t in range(T):
             for n in range(N):
                 f = torch.zeros(*x.shape[3:], M, dtype=x.dtype)
                 f[..., 0] = x[p, t, n]
                 fwd_inputs = []
-                for l in range(L):
+                for li in range(L):
                     fwd_inputs.append(f)
-                    g = bwd_in[n][l]
+                    g = bwd_in[n][li]
                     if g is None:
                         g = torch.zeros(
-                            _out_positions(spec.layers[l]), M, dtype=x.dtype
+                            _out_positions(spec.layers[li]), M, dtype=x.dtype
                         )
-                    h[n][l], c[n][l], f, g_next = naive_layer(
-                        spec, l, rnn_for(l), h[n][l], c[n][l], f, g
+                    h[n][li], c[n][li], f, g_next = naive_layer(
+                        spec, li, rnn_for(li), h[n][li], c[n][li], f, g
                     )
-                    if l > 0:
-                        bwd_in[n][l - 1] = g_next
+                    if li > 0:
+                        bwd_in[n][li - 1] = g_next
                 logits = f[..., cfg.output_index].reshape(-1)
                 logits = cfg.output_bound * torch.tanh(logits / cfg.output_bound)
                 out[p, t, n] = logits
@@ -188,28 +188,28 @@ def naive_episode(spec, params, h0, c0, x, y):
                     err[:, 1] = y[p, t, n]
                 if cfg.backward_pass:
                     g = err
-                    for l in range(L - 1, -1, -1):
-                        h[n][l], c[n][l], _, g = naive_layer(
+                    for li in range(L - 1, -1, -1):
+                        h[n][li], c[n][li], _, g = naive_layer(
                             spec,
-                            l,
-                            rnn_for(l, True),
-                            h[n][l],
-                            c[n][l],
-                            fwd_inputs[l],
+                            li,
+                            rnn_for(li, True),
+                            h[n][li],
+                            c[n][li],
+                            fwd_inputs[li],
                             g,
                         )
-                        if l > 0:
-                            bwd_in[n][l - 1] = g
+                        if li > 0:
+                            bwd_in[n][li - 1] = g
                     bwd_in[n][L - 1] = torch.zeros_like(err)
                 else:
                     bwd_in[n][L - 1] = err
             if N > 1:
                 for states in (h, c):
-                    for l in range(L):
-                        shared = sum(states[n][l][..., : S // 2] for n in range(N)) / N
+                    for li in range(L):
+                        shared = sum(states[n][li][..., : S // 2] for n in range(N)) / N
                         for n in range(N):
-                            states[n][l] = torch.cat(
-                                [shared, states[n][l][..., S // 2 :]], -1
+                            states[n][li] = torch.cat(
+                                [shared, states[n][li][..., S // 2 :]], -1
                             )
     return out
 

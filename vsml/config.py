@@ -150,7 +150,9 @@ class ExperimentConfig(_Section):
 
 # --- loading, merging and error messages -----------------------------------
 
-CONFIG_DIR = Path(os.environ.get("VSML_CONFIG_DIR", Path(__file__).parent.parent / "configs"))
+CONFIG_DIR = Path(
+    os.environ.get("VSML_CONFIG_DIR", Path(__file__).parent.parent / "configs")
+)
 
 
 def preset_names() -> list[str]:
@@ -230,7 +232,9 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
         candidates = [annotation, *getattr(annotation, "__args__", ())]
         for cand in candidates:
             inner = [cand, *getattr(cand, "__args__", ())]
-            found = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
+            found = [
+                c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)
+            ]
             if found:
                 model = found[0]
                 break

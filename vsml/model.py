@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vsml import kernels
 from vsml.config import ModelConfig
 
 Params = dict[str, Tensor]
@@ -322,32 +323,41 @@ def dense_update(
     """
     M = model.message_size
     w = rnn["lstm_w"]  # [P, 2M + S, G]
+    A, B = h.shape[2], h.shape[3]
+    col = torch.einsum("pnbm,pmg->pnbg", bwd_in, w[:, M : 2 * M])
+    if kernels.dense_supported(h) and not model.layer_norm:
+        h, c, sum_b, sum_a = kernels.dense_update(
+            fwd_in, col, w, rnn["lstm_b"], h, c, model.num_micro_ticks
+        )
+        scale_a, scale_b = (1 / A, 1 / B) if model.aggregation == "mean" else (1, 1)
+        fwd_out = _readout_pooled(rnn, sum_a * scale_a, "fwd", A, model.aggregation)
+        bwd_out = _readout_pooled(rnn, sum_b * scale_b, "bwd", B, model.aggregation)
+        return h, c, fwd_out, bwd_out
 
     # Message terms once per row and per column, then broadcast over the grid.
     row = torch.einsum("pnam,pmg->pnag", fwd_in, w[:, :M])
     row = row + rnn["lstm_b"][:, None, None, :]
-    col = torch.einsum("pnbm,pmg->pnbg", bwd_in, w[:, M : 2 * M])
     pre = row.unsqueeze(3) + col.unsqueeze(2)  # [P, N, A, B, G]
     h, c = _lstm_ticks(rnn, h, c, pre, model.num_micro_ticks)
 
     # Read-outs pooled over rows (forward) and columns (backward).
-    A, B = h.shape[2], h.shape[3]
     if model.layer_norm:
         fwd_out = _pool(_readout(rnn, h, "fwd", True), (2,), model.aggregation)
         bwd_out = _pool(_readout(rnn, h, "bwd", True), (3,), model.aggregation)
     else:
         # Without layer norm the read-out is linear: pool h first (A or B x cheaper).
-        fwd_out = _pool_then_readout(rnn, h, "fwd", 2, A, model.aggregation)
-        bwd_out = _pool_then_readout(rnn, h, "bwd", 3, B, model.aggregation)
+        pooled_a = _pool(h, (2,), model.aggregation)
+        pooled_b = _pool(h, (3,), model.aggregation)
+        fwd_out = _readout_pooled(rnn, pooled_a, "fwd", A, model.aggregation)
+        bwd_out = _readout_pooled(rnn, pooled_b, "bwd", B, model.aggregation)
     return h, c, fwd_out, bwd_out
 
 
-def _pool_then_readout(
-    rnn: Params, h: Tensor, which: str, dim: int, count: int, aggregation: str
+def _readout_pooled(
+    rnn: Params, pooled: Tensor, which: str, count: int, aggregation: str
 ) -> Tensor:
-    """pool_dim(h @ U + u) computed as pool_dim(h) @ U + u (x count for sums)."""
-    pooled = _pool(h, (dim,), aggregation)  # [P, N, X, S]
-    P = h.shape[0]
+    """pool(h @ U + u) from pooled h [P, N, X, S]: pool(h) @ U + u (x count: sum)."""
+    P = pooled.shape[0]
     out = torch.bmm(pooled.reshape(P, -1, pooled.shape[-1]), rnn[f"{which}_w"])
     bias = rnn[f"{which}_b"] * (count if aggregation == "sum" else 1)
     out = out + bias.unsqueeze(1)
