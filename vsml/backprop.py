@@ -1,0 +1,71 @@
+"""Meta-gradients by backpropagation through whole episodes (DESIGN.md 3.3).
+
+The episode is cut into segments of `segment` steps; only the learner state
+at segment boundaries is kept, and each segment's activations are recomputed
+during the backward pass (gradient checkpointing over time), so memory grows
+with T / segment + segment rather than with T.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from vsml import model
+from vsml.model import NetworkSpec, Params
+from vsml.objective import expand_params, meta_loss, step_losses
+
+
+def _segment(
+    spec: NetworkSpec,
+    names: list[str],
+    num_params: int,
+    x: Tensor,
+    y: Tensor,
+    *tensors: Tensor,
+) -> tuple[Tensor, ...]:
+    """Run steps x[:, t] for a segment; returns (new state..., logits)."""
+    params = dict(zip(names, tensors[:num_params], strict=True))
+    state = model.State.from_tensors(list(tensors[num_params:]))
+    logits = model.run_episode(spec, params, x, y, state)
+    return (*state.tensors(), logits)
+
+
+def meta_gradient(
+    spec: NetworkSpec,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    generator: torch.Generator,
+    loss_kind: str,
+    segment: int,
+) -> tuple[Params, Tensor]:
+    """Gradient of the mean meta-loss over P trajectories w.r.t. theta.
+
+    Args:
+        params: one meta-parameter set, [1, ...].
+        x: [P, T, N, H, W, C] episodes; y: [P, T, N, K] one-hot labels.
+
+    Returns:
+        Gradients shaped like params, and the logits [P, T, N, K] (detached).
+    """
+    P, T, N = x.shape[:3]
+    names = list(params)
+    leaves = [params[n].detach().requires_grad_() for n in names]
+    members = expand_params(dict(zip(names, leaves, strict=True)), P)
+    state = model.initial_state(spec, P, N, generator).tensors()
+    pieces = []
+    for start in range(0, T, segment):
+        part = slice(start, start + segment)
+        *state, logits = checkpoint(
+            _segment,
+            spec, names, len(names), x[:, part], y[:, part],
+            *members.values(), *state,
+            use_reentrant=False,
+        )  # fmt: skip
+        pieces.append(logits)
+    logits = torch.cat(pieces, dim=1)
+    loss = meta_loss(step_losses(logits, y), loss_kind).mean()
+    grads = torch.autograd.grad(loss, leaves)
+    return dict(zip(names, grads, strict=True)), logits.detach()

@@ -1,0 +1,227 @@
+"""The meta-training loop (DESIGN.md 3.3), reporting through callbacks.
+
+`Trainer` owns the meta-parameters, the optimiser and the random stream; it
+never prints or writes files. Entry points (the CLI, the service's worker)
+pass a `Callbacks` object that decides where metrics, meta-test curves and
+checkpoints go, and that can ask the loop to stop (a cancel).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vsml import backprop, data, es, model
+from vsml.config import ExperimentConfig, validate
+from vsml.evaluation import LearningCurve, MetaTester
+from vsml.objective import meta_loss, run_members, step_accuracy, step_losses
+from vsml.optim import Adam, clip_by_global_norm, global_norm
+
+CHECKPOINT_FORMAT = 1
+
+
+class Callbacks:
+    """Where a training run reports; override what you need."""
+
+    def on_metrics(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Meta-training metrics, every `training.log_every` iterations."""
+
+    def on_meta_test(self, iteration: int, curves: list[LearningCurve]) -> None:
+        """Learning curves of every evaluation dataset and learner."""
+
+    def on_checkpoint(self, iteration: int, checkpoint: dict[str, Any]) -> None:
+        """A complete training state to persist (see `Trainer.checkpoint`)."""
+
+    def should_stop(self) -> bool:
+        """Polled once per iteration; True ends the run after a checkpoint."""
+        return False
+
+
+def network_for(config: ExperimentConfig) -> model.NetworkSpec:
+    """The learner's layers for the configured input shape and class count."""
+    height, width = config.data.image_size
+    shape = (height, width, config.data.channels)
+    return model.build_network(config.model, shape, config.data.num_classes)
+
+
+def updates_per_step(spec: model.NetworkSpec) -> int:
+    """Sub-LSTM cell updates of one member, one example and one step."""
+    cells = sum(math.prod(model.cell_shape(layer)) for layer in spec.layers)
+    passes = 2 if spec.model.backward_pass else 1
+    return cells * spec.model.num_micro_ticks * passes
+
+
+@dataclass
+class Summary:
+    """What a finished (or stopped) run reports."""
+
+    iterations: int
+    stopped_early: bool
+    seconds: float
+    final_curves: list[dict[str, float | str]] = field(default_factory=list)
+
+
+class Trainer:
+    """Meta-trains one VSML learner by ES or backprop; resumable exactly."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        callbacks: Callbacks | None = None,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.callbacks = callbacks or Callbacks()
+        self.spec = network_for(config)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.params = model.init_params(self.spec, self.generator, population=1)
+        opt = config.optimizer
+        self.adam = Adam(opt.learning_rate, opt.beta1, opt.beta2)
+        self.iteration = 0
+        self.sources = [
+            data.load_split(d, config.data, "train") for d in config.data.train
+        ]
+        self.tester = MetaTester(config, self.spec)
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+
+    # --- one meta-iteration ------------------------------------------------
+
+    def _episodes(self, count: int) -> tuple[Tensor, Tensor]:
+        tr = self.config.training
+        return data.sample_mixture(
+            self.sources, count, tr.episode_length, tr.batch_size,
+            self.config.data.num_classes, self.generator, tr.few_shot_ways,
+            offset=self.iteration,
+        )  # fmt: skip
+
+    def _es_step(self) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        opt, tr = self.config.optimizer, self.config.training
+        pairs = opt.population_size
+        noise = es.sample_noise(self.params, pairs, self.generator)
+        members = es.perturb(self.params, noise, opt.sigma)
+        x, y = self._episodes(pairs)
+        # Both signs of a pair see the same episode and initial state.
+        x, y = x.repeat_interleave(2, dim=0), y.repeat_interleave(2, dim=0)
+        logits = run_members(
+            self.spec, members, x, y, self.generator, repeat=2, chunk=tr.member_chunk
+        )
+        losses = meta_loss(step_losses(logits, y), tr.meta_loss)
+        grads = es.estimate_gradient(noise, losses, opt.sigma, pairs)
+        return grads, logits, y
+
+    def _backprop_step(self) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        opt, tr = self.config.optimizer, self.config.training
+        x, y = self._episodes(opt.population_size)
+        grads, logits = backprop.meta_gradient(
+            self.spec, self.params, x, y, self.generator, tr.meta_loss,
+            opt.checkpoint_segment,
+        )  # fmt: skip
+        return grads, logits, y
+
+    def train_step(self) -> dict[str, float]:
+        """One meta-iteration: estimate the meta-gradient, take an Adam step."""
+        start = time.perf_counter()
+        if self.config.optimizer.type == "es":
+            grads, logits, y = self._es_step()
+        else:
+            grads, logits, y = self._backprop_step()
+        grad_norm = float(global_norm(grads))
+        grads = clip_by_global_norm(grads, self.config.optimizer.clip_norm)
+        self.params = self.adam.step(self.params, grads)
+        self.iteration += 1
+
+        seconds = time.perf_counter() - start
+        P, T, N = logits.shape[:3]
+        losses = step_losses(logits, y)
+        return {
+            "meta_loss": float(
+                meta_loss(losses, self.config.training.meta_loss).mean()
+            ),
+            "train_accuracy": float(step_accuracy(logits, y).mean()),
+            "grad_norm": grad_norm,
+            "param_norm": float(global_norm(self.params)),
+            "seconds_per_iteration": seconds,
+            "updates_per_s": P * T * N * updates_per_step(self.spec) / seconds,
+        }
+
+    # --- checkpoints -------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the run is now."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "iteration": self.iteration,
+            "params": {k: v.clone() for k, v in self.params.items()},
+            "optimizer": self.adam.state_dict(),
+            "generator": self.generator.get_state(),
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        expected = model.param_shapes(self.spec)
+        got = {k: tuple(v.shape[1:]) for k, v in checkpoint["params"].items()}
+        if got != expected:
+            raise ValueError(
+                "checkpoint does not fit this config: parameters "
+                f"{sorted(got)} vs expected {sorted(expected)}"
+            )
+        self.iteration = int(checkpoint["iteration"])
+        self.params = {k: v.clone() for k, v in checkpoint["params"].items()}
+        self.adam.load_state_dict(checkpoint["optimizer"])
+        self.generator.set_state(checkpoint["generator"])
+
+    # --- the loop ----------------------------------------------------------
+
+    def meta_test(self) -> list[LearningCurve]:
+        curves = self.tester.run(self.params)
+        self.callbacks.on_meta_test(self.iteration, curves)
+        return curves
+
+    def run(self) -> Summary:
+        """Meta-train until the iteration budget, the time limit or a stop.
+
+        Meta-tests before the first iteration, every `evaluation.every`
+        iterations and at the end; checkpoints every `training.checkpoint_every`
+        iterations and at the end (also when stopped).
+        """
+        tr, ev = self.config.training, self.config.evaluation
+        start = time.monotonic()
+        deadline = start + 60 * tr.time_limit_minutes if tr.time_limit_minutes else None
+        curves = self.meta_test() if self.iteration == 0 else []
+        tested, saved, stopped = self.iteration, -1, False
+        while self.iteration < tr.num_iterations:
+            if self.callbacks.should_stop() or (
+                deadline and time.monotonic() > deadline
+            ):
+                stopped = True
+                break
+            metrics = self.train_step()
+            metrics["elapsed_s"] = time.monotonic() - start
+            if self.iteration % tr.log_every == 0 or self.iteration == 1:
+                self.callbacks.on_metrics(self.iteration, metrics)
+            if self.iteration % tr.checkpoint_every == 0:
+                self.callbacks.on_checkpoint(self.iteration, self.checkpoint())
+                saved = self.iteration
+            if self.iteration % ev.every == 0:
+                curves, tested = self.meta_test(), self.iteration
+        if saved != self.iteration:
+            self.callbacks.on_checkpoint(self.iteration, self.checkpoint())
+        if tested != self.iteration or not curves:
+            curves = self.meta_test()
+        return Summary(
+            iterations=self.iteration,
+            stopped_early=stopped,
+            seconds=time.monotonic() - start,
+            final_curves=[c.summary() for c in curves],
+        )
+
+
+def config_from_checkpoint(checkpoint: dict[str, Any]) -> ExperimentConfig:
+    """The resolved config a checkpoint was written with."""
+    return validate(checkpoint["config"])
