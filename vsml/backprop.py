@@ -67,5 +67,10 @@ def meta_gradient(
         pieces.append(logits)
     logits = torch.cat(pieces, dim=1)
     loss = meta_loss(step_losses(logits, y), loss_kind).mean()
-    grads = torch.autograd.grad(loss, leaves)
+    # A one-layer learner never uses its backward read-out: its gradient is 0.
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    grads = [
+        torch.zeros_like(p) if g is None else g
+        for p, g in zip(leaves, grads, strict=True)
+    ]
     return dict(zip(names, grads, strict=True)), logits.detach()
