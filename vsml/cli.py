@@ -126,10 +126,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config_from_checkpoint(checkpoint)
     else:
         config = cfg.load_config(args.config, args.set)
+    trainer = Trainer(config, checkpoint=checkpoint)  # loads data: fails early
     _write_text(out / "config.yaml", cfg.to_yaml(config))
     sink = RunDirectory(out, config.training.num_iterations, not args.no_progress)
+    trainer.callbacks = sink
     try:
-        summary = Trainer(config, sink, checkpoint).run()
+        summary = trainer.run()
     finally:
         sink.close()
     _write_text(out / "summary.json", json.dumps(vars(summary), indent=2) + "\n")

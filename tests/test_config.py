@@ -1,0 +1,102 @@
+"""Experiment configuration: presets, merging order, errors a user can act on."""
+
+import pytest
+
+from vsml import config as cfg
+
+
+@pytest.mark.parametrize("name", cfg.preset_names())
+def test_every_preset_validates(name):
+    """Each YAML preset in configs/ loads into a typed config."""
+    loaded = cfg.load_config([name])
+    assert loaded.name == name
+
+
+def test_expected_presets_exist():
+    """The seed's experiments and the CPU presets are all there."""
+    wanted = {
+        "quick",
+        "cpu-30min",
+        "default",
+        "random-projection",
+        "backprop",
+        "deep",
+        "conv",
+        "backward-pass",
+        "invariances",
+        "few-shot",
+    }
+    assert wanted <= set(cfg.preset_names())
+
+
+def test_overrides_win_over_files_over_defaults():
+    """Defaults < files < --set overrides."""
+    loaded = cfg.load_config(["quick"], ["optimizer.sigma=0.1"])
+    assert loaded.optimizer.sigma == 0.1
+    assert loaded.model.aggregation == "sum"  # from quick.yaml
+    assert loaded.model.state_size == 16  # default
+
+
+def test_unknown_key_names_the_closest_valid_one():
+    """A typo is an error naming the key and a suggestion."""
+    with pytest.raises(cfg.ConfigError, match="'model.mesage_size'.*'message_size'"):
+        cfg.load_config(overrides=["model.mesage_size=4"])
+
+
+def test_unknown_section_names_the_closest_valid_one():
+    with pytest.raises(cfg.ConfigError, match="'optimiser'.*'optimizer'"):
+        cfg.load_config(overrides=["optimiser.sigma=1"])
+
+
+def test_bad_value_names_field_value_and_rule():
+    """A value out of range names the field, the value and the constraint."""
+    with pytest.raises(cfg.ConfigError, match="optimizer.sigma=-1.*greater than 0"):
+        cfg.load_config(overrides=["optimizer.sigma=-1"])
+
+
+def test_bad_choice_lists_the_allowed_values():
+    with pytest.raises(cfg.ConfigError, match="aggregation='max'.*'mean' or 'sum'"):
+        cfg.load_config(overrides=["model.aggregation=max"])
+
+
+def test_few_shot_episode_must_fit_the_classes():
+    """An episode shorter than the number of few-shot classes is refused."""
+    with pytest.raises(cfg.ConfigError, match="shorter than training.few_shot_ways"):
+        cfg.load_config(
+            overrides=["training.few_shot_ways=5", "training.episode_length=3"]
+        )
+
+
+def test_few_shot_ways_cannot_exceed_classes():
+    with pytest.raises(cfg.ConfigError, match="few_shot_ways=12 exceeds"):
+        cfg.load_config(overrides=["training.few_shot_ways=12"])
+
+
+def test_separate_backward_needs_backward_pass():
+    with pytest.raises(cfg.ConfigError, match="needs model.backward_pass"):
+        cfg.load_config(overrides=["model.separate_backward_rnn=true"])
+
+
+def test_malformed_yaml_names_line_and_column(tmp_path):
+    """Broken YAML is reported with its line and column."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  state_size: [1, 2\n")
+    with pytest.raises(cfg.ConfigError, match="line 3, column 1"):
+        cfg.load_config([str(path)])
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(cfg.ConfigError, match="neither a file nor a preset.*quick"):
+        cfg.load_config(["quik"])
+
+
+def test_override_without_equals_is_refused():
+    with pytest.raises(cfg.ConfigError, match="section.key=value"):
+        cfg.parse_override("model.state_size")
+
+
+def test_resolved_config_round_trips_through_yaml():
+    """to_yaml output validates back into the same config."""
+    loaded = cfg.load_config(["few-shot"])
+    again = cfg.validate(cfg.read_yaml(cfg.to_yaml(loaded)))
+    assert again == loaded
