@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vsml import model
+from vsml import kernels, model
 from vsml.model import NetworkSpec, Params
 
 
@@ -53,9 +53,12 @@ def run_members(
     state = model.initial_state(spec, P, N, generator, repeat=repeat)
     size = P if chunk <= 0 else max(repeat, chunk - chunk % repeat)
     logits = []
-    for start in range(0, P, size):
-        part = slice(start, start + size)
-        sub_state = model.State.from_tensors([t[part] for t in state.tensors()])
-        sub_params = {k: v[part] for k, v in params.items()}
-        logits.append(model.run_episode(spec, sub_params, x[part], y[part], sub_state))
+    with kernels.threads_for_kernel(x.device):
+        for start in range(0, P, size):
+            part = slice(start, start + size)
+            sub_state = model.State.from_tensors([t[part] for t in state.tensors()])
+            sub_params = {k: v[part] for k, v in params.items()}
+            logits.append(
+                model.run_episode(spec, sub_params, x[part], y[part], sub_state)
+            )
     return torch.cat(logits)

@@ -8,6 +8,7 @@ second. Without a compiler, or with VSML_NATIVE=0, the PyTorch path runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -79,6 +81,31 @@ def _library() -> ctypes.CDLL | None:
 
 
 @functools.cache
+def kernel_threads() -> int:
+    """Threads for the kernel: VSML_THREADS, else PyTorch's count at first use."""
+    return int(os.environ.get("VSML_THREADS", 0)) or torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def threads_for_kernel(device: torch.device) -> Iterator[None]:
+    """Run PyTorch single-threaded while the kernel's own threads do the work.
+
+    The small tensor ops between kernel calls gain nothing from threads, and
+    PyTorch's idle worker threads spinning beside the kernel's cost up to 2x.
+    """
+    if device.type != "cpu" or _library() is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    kernel_threads()  # fix the kernel's thread count before changing PyTorch's
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@functools.cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="vsml-kernel")
 
@@ -124,7 +151,7 @@ def dense_update(
     h_out, c_out = torch.empty_like(h), torch.empty_like(c)
     pool_b = h.new_empty(P, N, A, S)
     rows = P * N * A
-    threads = max(1, min(torch.get_num_threads(), rows))
+    threads = max(1, min(kernel_threads(), rows))
     # Each thread adds its rows into its own sum over a; they are added below.
     pool_a = h.new_zeros(threads, P, N, B, S)
 
