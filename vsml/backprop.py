@@ -54,7 +54,7 @@ def meta_gradient(
     names = list(params)
     leaves = [params[n].detach().requires_grad_() for n in names]
     members = expand_params(dict(zip(names, leaves, strict=True)), P)
-    state = model.initial_state(spec, P, N, generator).tensors()
+    state = model.initial_state(spec, P, N, generator, device=x.device).tensors()
     pieces = []
     for start in range(0, T, segment):
         part = slice(start, start + segment)

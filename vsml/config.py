@@ -89,8 +89,8 @@ class TrainingConfig(_Section):
     few_shot_ways: int | None = Field(None, ge=2)  # classes per few-shot episode
     log_every: int = Field(10, ge=1)  # metrics every N iterations
     checkpoint_every: int = Field(100, ge=1)  # checkpoint every N iterations
-    compile: bool = False  # torch.compile the layer update (slow start, faster)
-    member_chunk: int = Field(0, ge=0)  # members evaluated at once; 0 = automatic
+    member_chunk: int = Field(0, ge=0)  # members evaluated at once; 0 = all
+    device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1"
 
 
 class OptimizerConfig(_Section):

@@ -18,9 +18,12 @@ Tensors = dict[str, Tensor]
 
 
 def sample_noise(params: Tensors, pairs: int, generator: torch.Generator) -> Tensors:
-    """eps ~ N(0, I) of shape [pairs, ...] for every meta-parameter ([1, ...])."""
+    """eps ~ N(0, I) of shape [pairs, ...] for every meta-parameter ([1, ...]).
+
+    Drawn on the CPU generator (the same stream on any device), then moved.
+    """
     return {
-        name: torch.randn(pairs, *p.shape[1:], generator=generator, dtype=p.dtype)
+        name: torch.randn(pairs, *p.shape[1:], generator=generator).to(p)
         for name, p in params.items()
     }
 

@@ -65,8 +65,13 @@ class LearningCurve:
 class MetaTester:
     """Evaluates meta-parameters on fixed test episodes; caches the baselines."""
 
-    def __init__(self, config: ExperimentConfig, spec: NetworkSpec) -> None:
-        self.config, self.spec = config, spec
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        spec: NetworkSpec,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config, self.spec, self.device = config, spec, torch.device(device)
         self._episodes: dict[str, tuple[Tensor, Tensor]] = {}
         self._baselines: dict[str, list[LearningCurve]] = {}
 
@@ -78,10 +83,11 @@ class MetaTester:
         if label not in self._episodes:
             images = data.load_split(dataset, cfg.data, "test")
             gen = torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET + index)
-            self._episodes[label] = data.sample_episodes(
+            x, y = data.sample_episodes(
                 images, ev.num_episodes, ev.episode_length, ev.batch_size,
                 cfg.data.num_classes, gen,
             )  # fmt: skip
+            self._episodes[label] = (x.to(self.device), y.to(self.device))
         return label, *self._episodes[label]
 
     def baselines(self, label: str, x: Tensor, y: Tensor) -> list[LearningCurve]:

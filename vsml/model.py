@@ -228,12 +228,14 @@ def initial_state(
     batch: int,
     generator: torch.Generator,
     repeat: int = 1,
+    device: torch.device | str = "cpu",
 ) -> State:
     """h = 0; the first `init_rand_proportion` of c's features random.
 
     The random part (std 1/sqrt(fan_in)) acts as a random weight initialisation;
     it is shared across the batch, like weights. `repeat` > 1 draws
     population / repeat states and repeats each (antithetic ES pairs share one).
+    Drawn on the CPU (where the generator lives), then moved to `device`.
     """
     S, M = spec.model.state_size, spec.model.message_size
     num_random = round(spec.model.init_rand_proportion * S)
@@ -248,9 +250,11 @@ def initial_state(
         )
         noise = noise.repeat_interleave(repeat, dim=0).expand(-1, batch, *cells, -1)
         c = torch.cat([noise, h[..., num_random:]], dim=-1)
-        hs.append(h)
-        cs.append(c.contiguous())
-        backs.append(torch.zeros(population, batch, *output_shape(layer), M))
+        hs.append(h.to(device))
+        cs.append(c.contiguous().to(device))
+        backs.append(
+            torch.zeros(population, batch, *output_shape(layer), M, device=device)
+        )
     return State(hs, cs, backs)
 
 

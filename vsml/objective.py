@@ -50,7 +50,7 @@ def run_members(
     shared by each run of `repeat` (antithetic pairs share theirs).
     """
     P, N = x.shape[0], x.shape[2]
-    state = model.initial_state(spec, P, N, generator, repeat=repeat)
+    state = model.initial_state(spec, P, N, generator, repeat, x.device)
     size = P if chunk <= 0 else max(repeat, chunk - chunk % repeat)
     logits = []
     with kernels.threads_for_kernel(x.device):

@@ -78,15 +78,19 @@ class Trainer:
         self.config = config
         self.callbacks = callbacks or Callbacks()
         self.spec = network_for(config)
+        self.device = resolve_device(config.training.device)
+        # One CPU generator drives every random draw: the same stream on any
+        # device, and its state checkpoints exactly.
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.params = model.init_params(self.spec, self.generator, population=1)
+        params = model.init_params(self.spec, self.generator, population=1)
+        self.params = _to(params, self.device)
         opt = config.optimizer
         self.adam = Adam(opt.learning_rate, opt.beta1, opt.beta2)
         self.iteration = 0
         self.sources = [
             data.load_split(d, config.data, "train") for d in config.data.train
         ]
-        self.tester = MetaTester(config, self.spec)
+        self.tester = MetaTester(config, self.spec, self.device)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
 
@@ -94,11 +98,12 @@ class Trainer:
 
     def _episodes(self, count: int) -> tuple[Tensor, Tensor]:
         tr = self.config.training
-        return data.sample_mixture(
+        x, y = data.sample_mixture(
             self.sources, count, tr.episode_length, tr.batch_size,
             self.config.data.num_classes, self.generator, tr.few_shot_ways,
             offset=self.iteration,
         )  # fmt: skip
+        return x.to(self.device), y.to(self.device)
 
     def _es_step(self) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         opt, tr = self.config.optimizer, self.config.training
@@ -157,8 +162,12 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "iteration": self.iteration,
-            "params": {k: v.clone() for k, v in self.params.items()},
-            "optimizer": self.adam.state_dict(),
+            "params": _to(self.params, "cpu"),
+            "optimizer": {
+                "count": self.adam.count,
+                "m": _to(self.adam.m, "cpu"),
+                "v": _to(self.adam.v, "cpu"),
+            },
             "generator": self.generator.get_state(),
             "config": self.config.model_dump(mode="json"),
         }
@@ -172,8 +181,15 @@ class Trainer:
                 f"{sorted(got)} vs expected {sorted(expected)}"
             )
         self.iteration = int(checkpoint["iteration"])
-        self.params = {k: v.clone() for k, v in checkpoint["params"].items()}
-        self.adam.load_state_dict(checkpoint["optimizer"])
+        self.params = _to(checkpoint["params"], self.device)
+        state = checkpoint["optimizer"]
+        self.adam.load_state_dict(
+            {
+                **state,
+                "m": _to(state["m"], self.device),
+                "v": _to(state["v"], self.device),
+            }
+        )
         self.generator.set_state(checkpoint["generator"])
 
     # --- the loop ----------------------------------------------------------
@@ -220,6 +236,27 @@ class Trainer:
             seconds=time.monotonic() - start,
             final_curves=[c.summary() for c in curves],
         )
+
+
+def resolve_device(name: str) -> torch.device:
+    """training.device -> a torch device; a missing GPU is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"training.device={name!r} is not a device name") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"training.device={name!r} but PyTorch sees no CUDA GPU here; "
+            "use 'cpu' or 'auto', or install the CUDA build of torch (README)"
+        )
+    return device
+
+
+def _to(tensors: dict[str, Tensor], device: torch.device | str) -> dict[str, Tensor]:
+    """Copies of named tensors on `device` (never aliases of the originals)."""
+    return {k: v.detach().to(device, copy=True) for k, v in tensors.items()}
 
 
 def config_from_checkpoint(checkpoint: dict[str, Any]) -> ExperimentConfig:
