@@ -19,6 +19,7 @@ from torch import Tensor
 from vsml import data
 from vsml.baselines import evaluate_baselines
 from vsml.config import ExperimentConfig
+from vsml.kernels import single_threaded_torch
 from vsml.model import NetworkSpec, Params
 from vsml.objective import expand_params, run_members, step_accuracy, step_losses
 
@@ -93,7 +94,8 @@ class MetaTester:
     def baselines(self, label: str, x: Tensor, y: Tensor) -> list[LearningCurve]:
         if label not in self._baselines:
             gen = torch.Generator().manual_seed(self.config.seed + EVAL_SEED_OFFSET)
-            curves = evaluate_baselines(self.config.evaluation, x, y, gen)
+            with single_threaded_torch(x.device):
+                curves = evaluate_baselines(self.config.evaluation, x, y, gen)
             self._baselines[label] = [
                 LearningCurve(label, kind, acc.mean(0), loss.mean(0))
                 for kind, (acc, loss) in curves.items()

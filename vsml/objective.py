@@ -6,6 +6,9 @@ an episode (rewards learning fast) or that of the last prediction only.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -26,6 +29,11 @@ def step_accuracy(logits: Tensor, y: Tensor) -> Tensor:
 def meta_loss(losses: Tensor, kind: str) -> Tensor:
     """[P, T] step losses -> [P] meta-loss ("mean" over the episode, or "last")."""
     return losses.mean(dim=1) if kind == "mean" else losses[:, -1]
+
+
+@contextlib.contextmanager
+def _unchanged(device: torch.device) -> Iterator[None]:
+    yield
 
 
 def expand_params(params: Params, population: int) -> Params:
@@ -53,7 +61,9 @@ def run_members(
     state = model.initial_state(spec, P, N, generator, repeat, x.device)
     size = P if chunk <= 0 else max(repeat, chunk - chunk % repeat)
     logits = []
-    with kernels.threads_for_kernel(x.device):
+    # With the native kernel the remaining PyTorch ops are small (see kernels).
+    threads = kernels.single_threaded_torch if kernels.available() else _unchanged
+    with threads(x.device):
         for start in range(0, P, size):
             part = slice(start, start + size)
             sub_state = model.State.from_tensors([t[part] for t in state.tensors()])

@@ -87,13 +87,16 @@ def kernel_threads() -> int:
 
 
 @contextlib.contextmanager
-def threads_for_kernel(device: torch.device) -> Iterator[None]:
-    """Run PyTorch single-threaded while the kernel's own threads do the work.
+def single_threaded_torch(device: torch.device) -> Iterator[None]:
+    """Run PyTorch's CPU ops on one thread inside the block.
 
-    The small tensor ops between kernel calls gain nothing from threads, and
-    PyTorch's idle worker threads spinning beside the kernel's cost up to 2x.
+    The hot loops here (the kernel, online baselines) issue many small ops
+    that gain nothing from threads, and on a loaded machine PyTorch's OpenMP
+    workers spinning at barriers made them 10-40x slower (measured: online
+    SGD 1 s on one thread against 38 s on two). The kernel keeps its own
+    threads (`kernel_threads`).
     """
-    if device.type != "cpu" or _library() is None:
+    if device.type != "cpu":
         yield
         return
     before = torch.get_num_threads()
@@ -108,6 +111,11 @@ def threads_for_kernel(device: torch.device) -> Iterator[None]:
 @functools.cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="vsml-kernel")
+
+
+def available() -> bool:
+    """Whether the native kernel is built and enabled on this machine."""
+    return _library() is not None
 
 
 def dense_supported(h: Tensor) -> bool:
