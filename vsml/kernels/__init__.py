@@ -169,6 +169,9 @@ def dense_update(
         return lib.vsml_dense_update(*pointers, N, A, B, M, S, ticks, begin, end)
 
     # ctypes releases the GIL during the call, so the threads run in parallel.
-    if any(_pool(threads).map(run, range(threads))):
+    codes = set(_pool(threads).map(run, range(threads)))
+    if -2 in codes:
+        raise MemoryError("dense kernel could not allocate its scratch space")
+    if codes != {0}:
         raise ValueError(f"dense kernel rejected state size {S}")
     return h_out, c_out, pool_b, pool_a.sum(dim=0)
