@@ -146,7 +146,7 @@ def dense_update(
         fwd_in: [P, N, A, M] incoming forward messages.
         col: [P, N, B, 4S] backward-message terms g[b] @ W_g.
         w: [P, 2M + S, 4S] LSTM weights; bias: [P, 4S].
-        h, c: [P, N, A, B, S] states (not modified).
+        h, c: [P, N, A, B, S] states, updated in place when contiguous.
 
     Returns:
         New h and c, and h summed over b [P, N, A, S] and over a [P, N, B, S].
@@ -155,8 +155,10 @@ def dense_update(
     assert lib is not None, "call dense_ticks_supported() first"
     P, N, A, B, S = h.shape
     M = fwd_in.shape[-1]
-    ins = [t.contiguous() for t in (fwd_in, col, w, bias, h, c)]
-    h_out, c_out = torch.empty_like(h), torch.empty_like(c)
+    # h and c are updated in place: fresh 8 MB outputs per call cost more in
+    # page faults and memory traffic than the LSTM arithmetic at K = 1.
+    h_out, c_out = h.contiguous(), c.contiguous()
+    ins = [t.contiguous() for t in (fwd_in, col, w, bias)] + [h_out, c_out]
     pool_b = h.new_empty(P, N, A, S)
     rows = P * N * A
     threads = max(1, min(kernel_threads(), rows))
