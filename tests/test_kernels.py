@@ -32,3 +32,11 @@ def test_native_kernel_matches_pytorch_path(options, monkeypatch):
         reference = model.run_episode(spec, params, x, y.float(), copy)
     assert torch.allclose(native, reference, atol=1e-4, rtol=1e-4)
     assert reference.abs().max() > 1e-3
+
+
+def test_single_threaded_block_restores_pytorch_threads():
+    """PyTorch's thread count is 1 inside the block and restored after it."""
+    before = torch.get_num_threads()
+    with kernels.single_threaded_torch(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

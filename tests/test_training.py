@@ -184,3 +184,16 @@ def test_updates_count_includes_backward_pass(tiny_config):
     spec = network_for(tiny_config())
     assert updates_per_step(spec) == 16 * 10 * 1 * 2
     assert isinstance(spec.layers[0], model.DenseSpec)
+
+
+def test_missing_gpu_is_a_clear_error(tiny_config):
+    """training.device=cuda without a GPU names the field and what to do."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="training.device='cuda'.*no CUDA GPU"):
+        Trainer(tiny_config("training.device=cuda"))
+
+
+def test_bad_device_name_is_a_clear_error(tiny_config):
+    with pytest.raises(ValueError, match="training.device='gpu0' is not a device"):
+        Trainer(tiny_config("training.device=gpu0"))
