@@ -15,7 +15,6 @@ S state size, G = 4S gate pre-activations.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -557,21 +556,12 @@ def step(
     return logits
 
 
-def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Per-member cross-entropy averaged over the batch: [P, N, K] -> [P]."""
-    return -(torch.log_softmax(logits, dim=-1) * y).sum(-1).mean(-1)
-
-
-StepFn = Callable[[NetworkSpec, Params, State, Tensor, Tensor], Tensor]
-
-
 def run_episode(
     spec: NetworkSpec,
     params: Params,
     x: Tensor,
     y: Tensor,
     state: State,
-    step_fn: StepFn = step,
 ) -> Tensor:
     """Run an episode of online learning and return every prediction.
 
@@ -583,5 +573,5 @@ def run_episode(
     Returns:
         logits [P, T, N, K].
     """
-    logits = [step_fn(spec, params, state, x[:, t], y[:, t]) for t in range(x.shape[1])]
+    logits = [step(spec, params, state, x[:, t], y[:, t]) for t in range(x.shape[1])]
     return torch.stack(logits, dim=1)
