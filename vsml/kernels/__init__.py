@@ -126,7 +126,9 @@ def dense_supported(h: Tensor) -> bool:
         and h.dtype == torch.float32
         and S % 8 == 0
         and S <= 64
-        and not (torch.is_grad_enabled() and h.requires_grad)
+        # No autograd through the kernel: with gradients on, the parameters
+        # need a graph even where the state tensors do not.
+        and not torch.is_grad_enabled()
         and _library() is not None
     )
 
