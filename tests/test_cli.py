@@ -74,11 +74,21 @@ def test_resume_continues_from_latest_checkpoint(tmp_path):
         (["train", "--set", "model.mesage_size=3", "--out", "X"], "did you mean"),
         (["train", "--set", "data.train=[{name: kmnist}]", "--out", "X"], "kmnist"),
         (["evaluate", "--checkpoint", "missing.pt"], "no checkpoint at"),
+        (["evaluate", "--checkpoint", "GARBAGE"], "not a readable VSML checkpoint"),
+        (["train", "--set", "data.image_size=[0,0]", "--out", "X"], "greater than 0"),
+        (["train", "--set", "optimizer.learning_rate=.inf", "--out", "X"], "finite"),
+        (["train", *SETS, "--out", "GARBAGE"], "File exists"),
+        (["train", "--out", "X", "--resume"], "nothing to resume"),
+        (["train", "--out", "X", "--resume", "--set", "seed=1"], "drop --config/--set"),
+        (["import-seed", "GARBAGE", "--out", "X"], "not an .npz of arrays"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line(tmp_path, capsys, argv, message):
     """Bad input gives exit status 2 and a one-line reason on stderr."""
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04not a checkpoint at all")
     argv = [a.replace("X", str(tmp_path / "o")) for a in argv]
+    argv = [a.replace("GARBAGE", str(garbage)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

@@ -43,24 +43,45 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint file, or a run directory's latest one.
+
+    Loaded with weights_only=True: a checkpoint from elsewhere cannot run code.
+    """
     if path.is_dir():
         path = path / "checkpoints" / "latest.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise ValueError(f"{path} is not a readable VSML checkpoint ({err})") from err
+    needed = {"format", "iteration", "params", "optimizer", "generator", "config"}
+    if not isinstance(checkpoint, dict) or not needed <= set(checkpoint):
+        raise ValueError(f"{path} is not a VSML checkpoint (expected keys {needed})")
+    return checkpoint
 
 
 class RunDirectory(Callbacks):
     """Writes a run's outputs into one directory and drives a progress bar."""
 
-    def __init__(self, out: Path, total: int, progress: bool = True) -> None:
+    def __init__(
+        self,
+        out: Path,
+        total: int,
+        progress: bool = True,
+        time_limit_s: float | None = None,
+    ) -> None:
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         self.bar = None
+        # A time-limited run ends on the clock: the bar then counts seconds, so
+        # its ETA is the real one (iterations are shown beside it).
+        self.time_limit_s = time_limit_s
         if progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="it", desc="meta-train", file=sys.stderr)
+            unit, size = ("s", round(time_limit_s)) if time_limit_s else ("it", total)
+            self.bar = tqdm(total=size, unit=unit, desc="meta-train", file=sys.stderr)
         self.latest_accuracy: dict[str, float] = {}
         self.curves: dict[int, list[LearningCurve]] = {}
 
@@ -68,9 +89,12 @@ class RunDirectory(Callbacks):
         with open(self.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
         if self.bar is not None:
-            self.bar.n = iteration
+            if self.time_limit_s:
+                self.bar.n = min(round(metrics["elapsed_s"]), self.bar.total)
+            else:
+                self.bar.n = iteration
             self.bar.set_postfix(
-                loss=f"{metrics['meta_loss']:.3f}", **self.latest_accuracy
+                it=iteration, loss=f"{metrics['meta_loss']:.3f}", **self.latest_accuracy
             )
 
     def on_meta_test(self, iteration: int, curves: list[LearningCurve]) -> None:
@@ -121,14 +145,26 @@ def _write_text(path: Path, text: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     checkpoint = None
-    if args.resume and (out / "checkpoints" / "latest.pt").is_file():
+    if args.resume:
+        # A resumed run continues its saved config; mixing in changes would
+        # make its history describe two different experiments.
+        if args.config or args.set:
+            raise ValueError("--resume continues the saved config: drop --config/--set")
+        if not (out / "checkpoints" / "latest.pt").is_file():
+            raise FileNotFoundError(
+                f"nothing to resume: no {out}/checkpoints/latest.pt"
+            )
         checkpoint = load_checkpoint(out)
         config = config_from_checkpoint(checkpoint)
     else:
         config = cfg.load_config(args.config, args.set)
     trainer = Trainer(config, checkpoint=checkpoint)  # loads data: fails early
     _write_text(out / "config.yaml", cfg.to_yaml(config))
-    sink = RunDirectory(out, config.training.num_iterations, not args.no_progress)
+    limit = config.training.time_limit_minutes
+    sink = RunDirectory(
+        out, config.training.num_iterations, not args.no_progress,
+        time_limit_s=60 * limit if limit else None,
+    )  # fmt: skip
     trainer.callbacks = sink
     try:
         summary = trainer.run()
@@ -216,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS: tuple[type[Exception], ...] = (
     cfg.ConfigError,
     DatasetNotFoundError,
-    FileNotFoundError,
     ValueError,
+    OSError,  # missing files, an --out that is a file, unreadable inputs
 )
 
 

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -21,7 +28,10 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan pass `gt=0` checks but ruin training: refuse them everywhere.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class ConvLayerConfig(_Section):
@@ -73,8 +83,10 @@ class DatasetConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: list[DatasetConfig] = [DatasetConfig()]  # meta-training datasets
-    image_size: tuple[int, int] = (28, 28)  # every input resized to this
+    train: list[DatasetConfig] = Field(
+        [DatasetConfig()], min_length=1
+    )  # meta-training datasets
+    image_size: tuple[PositiveInt, PositiveInt] = (28, 28)  # inputs resized to this
     channels: int = Field(1, ge=1)  # inputs padded to this many channels
     num_classes: int = Field(10, ge=2)  # class count padded to this
     data_dir: str | None = None  # IDX files; default $VSML_DATA_DIR or ./data
@@ -105,10 +117,10 @@ class OptimizerConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    datasets: list[DatasetConfig] = [
-        DatasetConfig(name="mnist"),
-        DatasetConfig(name="fashion_mnist"),
-    ]  # meta-test datasets (test split)
+    datasets: list[DatasetConfig] = Field(
+        [DatasetConfig(name="mnist"), DatasetConfig(name="fashion_mnist")],
+        min_length=1,
+    )  # meta-test datasets (test split)
     every: int = Field(100, ge=1)  # meta-test every N iterations (and at the end)
     num_episodes: int = Field(4, ge=1)  # fresh test episodes per dataset
     episode_length: int = Field(2000, ge=1)  # inner steps per test episode
@@ -268,7 +280,11 @@ def load_config(
     data: dict[str, Any] = {}
     for name in paths or []:
         path = resolve_config_path(name)
-        data = deep_merge(data, read_yaml(path.read_text(), source=str(path)))
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError) as err:
+            raise ConfigError(f"{path}: not a YAML text file ({err})") from err
+        data = deep_merge(data, read_yaml(text, source=str(path)))
     for text in overrides or []:
         data = deep_merge(data, parse_override(text))
     return validate(data)

@@ -103,8 +103,18 @@ def params_from_seed(arrays: Mapping[str, Any], spec: NetworkSpec) -> Params:
 
 def load_seed_params(path: Path, config: ExperimentConfig) -> Params:
     """Read an .npz of seed parameters for `config`'s learner."""
-    with np.load(path) as arrays:
-        return params_from_seed(dict(arrays), network_for(config))
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path} is not an .npz of arrays ({err})") from err
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds one array; expected an .npz keyed by names")
+    with arrays:
+        try:
+            values = {key: arrays[key] for key in arrays.files}
+        except ValueError as err:
+            raise ValueError(f"{path} holds non-numeric arrays ({err})") from err
+    return params_from_seed(values, network_for(config))
 
 
 def checkpoint_from_npz(path: Path, config: ExperimentConfig) -> dict[str, Any]:

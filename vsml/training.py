@@ -176,9 +176,14 @@ class Trainer:
         expected = model.param_shapes(self.spec)
         got = {k: tuple(v.shape[1:]) for k, v in checkpoint["params"].items()}
         if got != expected:
+            diff = [
+                f"{k}: {got.get(k, 'missing')} vs {expected.get(k, 'unused')}"
+                for k in sorted(set(got) | set(expected))
+                if got.get(k) != expected.get(k)
+            ]
             raise ValueError(
-                "checkpoint does not fit this config: parameters "
-                f"{sorted(got)} vs expected {sorted(expected)}"
+                "checkpoint does not fit this config (checkpoint vs config): "
+                + "; ".join(diff)
             )
         self.iteration = int(checkpoint["iteration"])
         self.params = _to(checkpoint["params"], self.device)
