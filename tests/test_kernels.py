@@ -17,7 +17,9 @@ from vsml.config import ModelConfig
 )
 def test_native_kernel_matches_pytorch_path(options, monkeypatch):
     """Logits of a whole episode agree between the kernel and PyTorch."""
-    assert kernels.dense_supported(torch.zeros(1, 1, 1, 1, 16))
+    with torch.no_grad():
+        assert kernels.dense_supported(torch.zeros(1, 1, 1, 1, 16))
+    assert not kernels.dense_supported(torch.zeros(1, 1, 1, 1, 16))  # autograd on
     cfg = ModelConfig(**options)
     spec = model.build_network(cfg, (6, 5, 1), num_classes=4)
     gen = torch.Generator().manual_seed(1)
