@@ -197,3 +197,19 @@ def test_missing_gpu_is_a_clear_error(tiny_config):
 def test_bad_device_name_is_a_clear_error(tiny_config):
     with pytest.raises(ValueError, match="training.device='gpu0' is not a device"):
         Trainer(tiny_config("training.device=gpu0"))
+
+
+def test_centered_ranks_spread_losses_evenly():
+    """Fitness shaping maps losses to evenly spaced ranks in [-0.5, 0.5]."""
+    ranks = es.centered_ranks(torch.tensor([3.0, -10.0, 1e6, 0.5]))
+    assert torch.allclose(ranks, torch.tensor([1 / 6, -0.5, 0.5, -1 / 6]))
+
+
+def test_es_with_fitness_shaping_runs(tiny_config):
+    """optimizer.fitness_shaping=centered_ranks trains without error."""
+    config = tiny_config(
+        "optimizer.fitness_shaping=centered_ranks", "training.num_iterations=2"
+    )
+    recorder = Recorder()
+    Trainer(config, recorder).run()
+    assert len(recorder.metrics) == 2

@@ -109,6 +109,7 @@ class OptimizerConfig(_Section):
     type: Literal["es", "backprop"] = "es"
     population_size: int = Field(16, ge=1)  # ES: antithetic pairs; BP: trajectories
     sigma: float = Field(0.05, gt=0)  # ES noise scale
+    fitness_shaping: Literal["none", "centered_ranks"] = "none"  # ES loss transform
     learning_rate: float = Field(0.025, gt=0)  # Adam step size
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)

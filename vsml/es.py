@@ -56,3 +56,15 @@ def estimate_gradient(
         name: torch.tensordot(weights.to(eps.dtype), eps, dims=1).unsqueeze(0)
         for name, eps in noise.items()
     }
+
+
+def centered_ranks(losses: Tensor) -> Tensor:
+    """Fitness shaping: losses -> their ranks scaled to [-0.5, 0.5].
+
+    Makes the estimate invariant to the scale of the meta-loss and robust to
+    outliers (Salimans et al. 2017). Ranks need every member's loss, so a
+    sharded population must gather its losses first (issue 4).
+    """
+    ranks = torch.empty_like(losses)
+    ranks[losses.argsort()] = torch.arange(len(losses), dtype=losses.dtype)
+    return ranks / max(len(losses) - 1, 1) - 0.5

@@ -117,6 +117,8 @@ class Trainer:
             self.spec, members, x, y, self.generator, repeat=2, chunk=tr.member_chunk
         )
         losses = meta_loss(step_losses(logits, y), tr.meta_loss)
+        if opt.fitness_shaping == "centered_ranks":
+            losses = es.centered_ranks(losses)
         grads = es.estimate_gradient(noise, losses, opt.sigma, pairs)
         return grads, logits, y
 
