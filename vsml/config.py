@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +24,36 @@ from pydantic import (
 )
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config, located for editors and APIs."""
+
+    message: str
+    loc: tuple[str | int, ...] = ()  # path of keys, e.g. ("training", "seed")
+    suggestion: str | None = None  # closest valid key, for unknown keys
+    line: int | None = None  # 1-based position in the YAML text, when known
+    column: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "loc": ".".join(str(p) for p in self.loc),
+            "message": self.message,
+            "suggestion": self.suggestion,
+            "line": self.line,
+            "column": self.column,
+        }
+
+
 class ConfigError(ValueError):
-    """A configuration that cannot be used, with a message a user can act on."""
+    """A configuration that cannot be used, with a message a user can act on.
+
+    `problems` lists each fault separately (with the YAML line where known);
+    the message joins them into one sentence for the command line.
+    """
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [Problem(message)]
 
 
 class _Section(BaseModel):
@@ -96,7 +125,7 @@ class TrainingConfig(_Section):
     episode_length: int = Field(100, ge=1)  # steps per meta-training episode
     batch_size: int = Field(1, ge=1)  # examples per step (states merged if > 1)
     meta_loss: Literal["mean", "last"] = "mean"  # whole episode or last prediction
-    num_iterations: int = Field(1000, ge=0)  # meta-iterations
+    num_iterations: int = Field(1000, ge=0, le=10**9)  # meta-iterations
     time_limit_minutes: float | None = Field(None, gt=0)  # stop early after this
     few_shot_ways: int | None = Field(None, ge=2)  # classes per few-shot episode
     log_every: int = Field(10, ge=1)  # metrics every N iterations
@@ -134,7 +163,7 @@ class EvaluationConfig(_Section):
 
 class ExperimentConfig(_Section):
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # drives every random draw of a run
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
@@ -195,7 +224,13 @@ def read_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from err
+        message = f"{source}: malformed YAML{where}: {problem}"
+        located = Problem(
+            message,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+        )
+        raise ConfigError(message, [located]) from err
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -254,15 +289,16 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
     return model
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any]) -> Problem:
     loc = tuple(error["loc"])
     where = ".".join(str(p) for p in loc) or "config"
     if error["type"] == "extra_forbidden":
-        hint = _closest(str(loc[-1]), _model_at(loc))
-        return f"unknown key {where!r}" + (f"; did you mean {hint!r}?" if hint else "")
+        hint = _closest(str(loc[-1]), _model_at(loc)) or None
+        text = f"unknown key {where!r}" + (f"; did you mean {hint!r}?" if hint else "")
+        return Problem(text, loc, suggestion=hint)
     if error["type"] == "value_error":
-        return str(error["msg"]).removeprefix("Value error, ")
-    return f"{where}={error.get('input')!r}: {error['msg']}"
+        return Problem(str(error["msg"]).removeprefix("Value error, "), loc)
+    return Problem(f"{where}={error.get('input')!r}: {error['msg']}", loc)
 
 
 def validate(data: dict[str, Any]) -> ExperimentConfig:
@@ -271,7 +307,40 @@ def validate(data: dict[str, Any]) -> ExperimentConfig:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
         problems = [_describe(e) for e in err.errors()]
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError("; ".join(p.message for p in problems), problems) from None
+
+
+def validate_yaml(text: str) -> ExperimentConfig:
+    """Validate a YAML document; each problem carries its line in `text`."""
+    try:
+        return validate(read_yaml(text))
+    except ConfigError as err:
+        located = [_locate(text, p) for p in err.problems]
+        raise ConfigError(str(err), located) from None
+
+
+def _locate(text: str, problem: Problem) -> Problem:
+    """Fill in the line and column of the key at `problem.loc` in `text`."""
+    if problem.line is not None or not problem.loc:
+        return problem
+    node = yaml.compose(text)
+    mark = None
+    for part in problem.loc:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if k.value == str(part)]
+            if not found:
+                break
+            mark, node = found[0][0].start_mark, found[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            mark = node.start_mark
+        else:
+            break
+    if mark is None:
+        return problem
+    return replace(problem, line=mark.line + 1, column=mark.column + 1)
 
 
 def load_config(

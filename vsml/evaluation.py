@@ -11,6 +11,7 @@ random stream is untouched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,10 @@ from vsml.model import NetworkSpec, Params
 from vsml.objective import expand_params, run_members, step_accuracy, step_losses
 
 EVAL_SEED_OFFSET = 1_000_003  # keeps test episodes apart from training's stream
+
+
+class MetaTestInterruptedError(Exception):
+    """A meta-test abandoned because its run was asked to stop."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,22 @@ class MetaTester:
         loss = step_losses(logits, y).mean(0)
         return LearningCurve(label, "vsml", accuracy, loss)
 
-    def run(self, params: Params, with_baselines: bool = True) -> list[LearningCurve]:
-        """Curves of VSML (and the baselines) on every evaluation dataset."""
+    def run(
+        self,
+        params: Params,
+        with_baselines: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[LearningCurve]:
+        """Curves of VSML (and the baselines) on every evaluation dataset.
+
+        `should_stop` is asked before each dataset; True raises
+        MetaTestInterruptedError,
+        so a cancel does not wait for a whole meta-test.
+        """
         curves = []
         for index in range(len(self.config.evaluation.datasets)):
+            if should_stop is not None and should_stop():
+                raise MetaTestInterruptedError
             label, x, y = self.episodes(index)
             curves.append(self.vsml_curve(params, label, x, y))
             if with_baselines:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from vsml import backprop, data, es, model
 from vsml.config import ExperimentConfig, validate
-from vsml.evaluation import LearningCurve, MetaTester
+from vsml.evaluation import LearningCurve, MetaTester, MetaTestInterruptedError
 from vsml.objective import meta_loss, run_members, step_accuracy, step_losses
 from vsml.optim import Adam, clip_by_global_norm, global_norm
 
@@ -61,9 +61,10 @@ class Summary:
     """What a finished (or stopped) run reports."""
 
     iterations: int
-    stopped_early: bool
+    stopped_early: bool  # by the time limit or a stop request
     seconds: float
     final_curves: list[dict[str, float | str]] = field(default_factory=list)
+    cancelled: bool = False  # stopped by `should_stop` (no final meta-test)
 
 
 class Trainer:
@@ -87,6 +88,9 @@ class Trainer:
         opt = config.optimizer
         self.adam = Adam(opt.learning_rate, opt.beta1, opt.beta2)
         self.iteration = 0
+        # Bookkeeping of `run`: last checkpointed and meta-tested iterations.
+        self._saved, self._tested = -1, -1
+        self._curves: list[LearningCurve] = []
         self.sources = [
             data.load_split(d, config.data, "train") for d in config.data.train
         ]
@@ -202,7 +206,8 @@ class Trainer:
     # --- the loop ----------------------------------------------------------
 
     def meta_test(self) -> list[LearningCurve]:
-        curves = self.tester.run(self.params)
+        """Meta-test now; raises MetaTestInterruptedError on a stop request."""
+        curves = self.tester.run(self.params, should_stop=self.callbacks.should_stop)
         self.callbacks.on_meta_test(self.iteration, curves)
         return curves
 
@@ -211,38 +216,50 @@ class Trainer:
 
         Meta-tests before the first iteration, every `evaluation.every`
         iterations and at the end; checkpoints every `training.checkpoint_every`
-        iterations and at the end (also when stopped).
+        iterations and at the end (also when stopped). A stop request (a
+        cancel) skips the final meta-test so that the run ends promptly.
         """
-        tr, ev = self.config.training, self.config.evaluation
         start = time.monotonic()
-        deadline = start + 60 * tr.time_limit_minutes if tr.time_limit_minutes else None
-        curves = self.meta_test() if self.iteration == 0 else []
-        tested, saved, stopped = self.iteration, -1, False
+        limit = self.config.training.time_limit_minutes
+        deadline = start + 60 * limit if limit else None
+        self._saved, self._tested, self._curves = -1, -1, []
+        try:
+            reason = self._loop(start, deadline)
+        except MetaTestInterruptedError:
+            reason = "cancel"
+        cancelled = reason == "cancel"
+        if self._saved != self.iteration:
+            self.callbacks.on_checkpoint(self.iteration, self.checkpoint())
+        if not cancelled and (self._tested != self.iteration or not self._curves):
+            self._curves = self.meta_test()
+        return Summary(
+            iterations=self.iteration,
+            stopped_early=bool(reason),
+            seconds=time.monotonic() - start,
+            final_curves=[c.summary() for c in self._curves],
+            cancelled=cancelled,
+        )
+
+    def _loop(self, start: float, deadline: float | None) -> str:
+        """Iterate; returns "cancel", "deadline" or "" (budget reached)."""
+        tr, ev = self.config.training, self.config.evaluation
+        if self.iteration == 0:
+            self._curves, self._tested = self.meta_test(), 0
         while self.iteration < tr.num_iterations:
-            if self.callbacks.should_stop() or (
-                deadline and time.monotonic() > deadline
-            ):
-                stopped = True
-                break
+            if self.callbacks.should_stop():
+                return "cancel"
+            if deadline and time.monotonic() > deadline:
+                return "deadline"
             metrics = self.train_step()
             metrics["elapsed_s"] = time.monotonic() - start
             if self.iteration % tr.log_every == 0 or self.iteration == 1:
                 self.callbacks.on_metrics(self.iteration, metrics)
             if self.iteration % tr.checkpoint_every == 0:
                 self.callbacks.on_checkpoint(self.iteration, self.checkpoint())
-                saved = self.iteration
+                self._saved = self.iteration
             if self.iteration % ev.every == 0:
-                curves, tested = self.meta_test(), self.iteration
-        if saved != self.iteration:
-            self.callbacks.on_checkpoint(self.iteration, self.checkpoint())
-        if tested != self.iteration or not curves:
-            curves = self.meta_test()
-        return Summary(
-            iterations=self.iteration,
-            stopped_early=stopped,
-            seconds=time.monotonic() - start,
-            final_curves=[c.summary() for c in curves],
-        )
+                self._curves, self._tested = self.meta_test(), self.iteration
+        return ""
 
 
 def resolve_device(name: str) -> torch.device:

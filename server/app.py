@@ -1,0 +1,99 @@
+"""The FastAPI application: API routers, dashboard pages, error handling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.config import Settings, get_settings
+from server.deps import require_token
+from server.queue import make_celery
+from server.routes import experiments, health, pages, runs, stream
+from vsml.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, before reading them all."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLargeError
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _BodyTooLargeError:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        detail = f"request body over {self.limit} bytes"
+        response = JSONResponse({"detail": detail}, status_code=413)
+        await response({"type": "http"}, _no_body, send)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def config_error(_request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, ConfigError)
+    problems = [p.as_dict() for p in err.problems]
+    return JSONResponse({"detail": str(err), "problems": problems}, status_code=422)
+
+
+async def unexpected_error(request: Request, err: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error (see the server log)"}, 500)
+
+
+def create_app(
+    settings: Settings | None = None, celery: Callable[[], Celery] | None = None
+) -> FastAPI:
+    """The app; tests pass their own settings (and a Celery factory)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="VSML Lab",
+        summary="Meta-train VSML learners, watch them learn, compare runs.",
+        version="0.1.0",
+    )
+    app.state.settings = settings
+    app.state.celery = celery or lru_cache(maxsize=1)(lambda: make_celery(settings))
+    guarded: dict[str, Any] = {"dependencies": [Depends(require_token)]}
+    for module in (experiments, runs, stream):
+        app.include_router(module.router, **guarded)
+    app.include_router(health.router)
+    app.include_router(pages.router)
+    pages.mount_static(app)
+    app.add_exception_handler(ConfigError, config_error)
+    app.add_exception_handler(Exception, unexpected_error)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

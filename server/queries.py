@@ -1,0 +1,133 @@
+"""Reading what runs produced: metric series, curves, logs, stream cursors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.downsample import downsample
+from server.models import CurvePoint, LogLine, MetricPoint, RunEvent
+
+CURVE_COLUMNS = ["meta_step", "dataset", "learner", "inner_step", "accuracy", "loss"]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The newest row of each stream a client has seen (ids, 0 = none)."""
+
+    metrics: int = 0
+    curves: int = 0
+    logs: int = 0
+    events: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.metrics}.{self.curves}.{self.logs}.{self.events}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor:
+        """'12.0.5.3' -> Cursor; raises ValueError naming the expected form."""
+        if not text:
+            return cls()
+        parts = text.strip().split(".")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+            raise ValueError(
+                f"bad stream cursor {text!r}: expected four non-negative "
+                "integers joined by dots, like 120.0.7.3"
+            )
+        return cls(*(int(p) for p in parts))
+
+
+def current_cursor(session: Session, run_id: int) -> Cursor:
+    def newest(model: Any) -> int:
+        query = select(func.max(model.id)).where(model.run_id == run_id)
+        return session.scalar(query) or 0
+
+    return Cursor(
+        newest(MetricPoint), newest(CurvePoint), newest(LogLine), newest(RunEvent)
+    )
+
+
+def metric_keys(session: Session, run_id: int) -> list[str]:
+    query = select(MetricPoint.key).where(MetricPoint.run_id == run_id).distinct()
+    return sorted(session.scalars(query))
+
+
+def metric_series(
+    session: Session,
+    run_id: int,
+    keys: list[str] | None = None,
+    max_points: int | None = None,
+    until_id: int | None = None,
+) -> dict[str, dict[str, list[Any]]]:
+    """{key: {"steps": [...], "values": [...]}}, optionally downsampled."""
+    series: dict[str, dict[str, list[Any]]] = {}
+    for key in keys if keys is not None else metric_keys(session, run_id):
+        query = (
+            select(MetricPoint.step, MetricPoint.value)
+            .where(MetricPoint.run_id == run_id, MetricPoint.key == key)
+            .order_by(MetricPoint.step)
+        )
+        if until_id is not None:
+            query = query.where(MetricPoint.id <= until_id)
+        rows = session.execute(query).all()
+        steps = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        values = np.array([np.nan if r[1] is None else r[1] for r in rows])
+        if max_points:
+            steps, values = downsample(steps, values, max_points)
+        series[key] = {"steps": steps.tolist(), "values": _json_floats(values)}
+    return series
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in values.tolist()]
+
+
+def meta_steps(session: Session, run_id: int) -> list[int]:
+    query = select(CurvePoint.meta_step).where(CurvePoint.run_id == run_id)
+    return sorted(set(session.scalars(query.distinct())))
+
+
+def curve_rows(
+    session: Session,
+    run_id: int,
+    meta_step: int | None = None,
+    dataset: str | None = None,
+    until_id: int | None = None,
+) -> list[tuple[Any, ...]]:
+    """Rows in CURVE_COLUMNS order; all meta-steps unless one is given."""
+    query = select(
+        CurvePoint.meta_step, CurvePoint.dataset, CurvePoint.learner,
+        CurvePoint.inner_step, CurvePoint.accuracy, CurvePoint.loss,
+    ).where(CurvePoint.run_id == run_id)  # fmt: skip
+    if meta_step is not None:
+        query = query.where(CurvePoint.meta_step == meta_step)
+    if dataset is not None:
+        query = query.where(CurvePoint.dataset == dataset)
+    if until_id is not None:
+        query = query.where(CurvePoint.id <= until_id)
+    order = (CurvePoint.meta_step, CurvePoint.dataset, CurvePoint.learner,
+             CurvePoint.inner_step)  # fmt: skip
+    return [tuple(r) for r in session.execute(query.order_by(*order))]
+
+
+def latest_meta_step(
+    session: Session, run_id: int, until_id: int | None = None
+) -> int | None:
+    query = select(func.max(CurvePoint.meta_step)).where(CurvePoint.run_id == run_id)
+    if until_id is not None:
+        query = query.where(CurvePoint.id <= until_id)
+    return session.scalar(query)
+
+
+def log_lines(
+    session: Session, run_id: int, after_seq: int = -1, limit: int = 1000
+) -> list[LogLine]:
+    query = (
+        select(LogLine).where(LogLine.run_id == run_id, LogLine.seq > after_seq)
+        .order_by(LogLine.seq).limit(limit)
+    )  # fmt: skip
+    return list(session.scalars(query))
