@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     # Celery broker; empty means a file-system queue that needs no server.
     broker_url: str = ""
+    # Celery queue runs go to; workers listen on it (`vsml-lab worker`).
+    queue: str = Field(default="runs", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     # Required to bind anywhere but loopback; then every API call needs it.

@@ -14,7 +14,6 @@ from celery import Celery
 from server.config import Settings, get_settings
 
 RUN_TASK = "vsml.execute_run"
-RUN_QUEUE = "runs"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -32,7 +31,7 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
-        task_default_queue=RUN_QUEUE,
+        task_default_queue=settings.queue,
         task_ignore_result=True,
         # Long GPU jobs: acknowledge only when done, give a lost worker's run
         # back to the queue, take one run at a time.
@@ -52,7 +51,7 @@ def default_celery() -> Celery:
 def enqueue_run(app: Celery, run_id: int) -> None:
     """Send the run to the queue; raises if the broker cannot be reached."""
     app.send_task(
-        RUN_TASK, args=[run_id], queue=RUN_QUEUE,
+        RUN_TASK, args=[run_id], queue=app.conf.task_default_queue,
         retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
                                   "interval_step": 0.5, "interval_max": 1.0},
     )  # fmt: skip
