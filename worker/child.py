@@ -21,6 +21,7 @@ from typing import Any
 from server.config import get_settings
 from server.db import session_scope
 from server.models import Run
+from worker.mirror import WandbMirror
 
 RESULT_FILE = "result.json"
 logger = logging.getLogger("worker.child")
@@ -54,7 +55,9 @@ def train(url: str, run_id: int, folder: Path, config_data: dict[str, Any]) -> s
     checkpoint = load_checkpoint(latest) if latest.is_file() else None
     if checkpoint is not None:
         logger.info("resuming from iteration %d", checkpoint["iteration"])
-    sink = DatabaseSink(url, run_id, folder, stop)
+    sink = DatabaseSink(
+        url, run_id, folder, stop, make_mirror(run_id, folder, config_data)
+    )
     try:
         trainer = Trainer(validate(config_data), sink, checkpoint)
         logger.info("run %d: meta-training on %s", run_id, trainer.device)
@@ -64,6 +67,21 @@ def train(url: str, run_id: int, folder: Path, config_data: dict[str, Any]) -> s
     (folder / "summary.json").write_text(json.dumps(vars(summary), indent=2))
     logger.info("run %d: stopped after %d iterations", run_id, summary.iterations)
     return "cancelled" if summary.cancelled else "succeeded"
+
+
+def make_mirror(
+    run_id: int, folder: Path, config_data: dict[str, Any]
+) -> WandbMirror | None:
+    """A W&B mirror when VSML_WANDB_MODE is set; a bad setting only warns."""
+    settings = get_settings()
+    if not settings.wandb_mode:
+        return None
+    try:
+        return WandbMirror(settings.wandb_mode, settings.wandb_project, run_id,
+                           folder / "wandb", config_data)  # fmt: skip
+    except ValueError as err:
+        logger.warning("W&B mirroring off: %s", err)
+        return None
 
 
 def main(argv: list[str]) -> int:

@@ -25,6 +25,7 @@ from server.models import Run
 from vsml.cli import atomic_save
 from vsml.evaluation import LearningCurve
 from vsml.training import Callbacks
+from worker.mirror import WandbMirror
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +145,16 @@ class DatabaseSink(Callbacks):
     """A run's metrics, curves and checkpoints to the database and disk."""
 
     def __init__(
-        self, url: str, run_id: int, artifact_dir: Path, stop: threading.Event
+        self,
+        url: str,
+        run_id: int,
+        artifact_dir: Path,
+        stop: threading.Event,
+        mirror: WandbMirror | None = None,
     ) -> None:
         self.run_id, self.artifact_dir, self.stop = run_id, artifact_dir, stop
         self.writer = BatchWriter(url, run_id)
+        self.mirror = mirror
 
     def on_metrics(self, iteration: int, metrics: dict[str, float]) -> None:
         rows = records.metric_rows(self.run_id, iteration, metrics)
@@ -157,6 +164,8 @@ class DatabaseSink(Callbacks):
             batch.progress = (iteration, metrics)
 
         self.writer.put(add)
+        if self.mirror is not None:
+            self.mirror.log(iteration, metrics)
         logger.info(
             "iteration %d: meta_loss %.4f, train_accuracy %.3f, %.2f s/it",
             iteration, metrics["meta_loss"], metrics["train_accuracy"],
@@ -174,6 +183,8 @@ class DatabaseSink(Callbacks):
             batch.accuracies.extend(vsml)
 
         self.writer.put(add)
+        if self.mirror is not None:
+            self.mirror.log(iteration, summary_metrics(curves))
         for c in curves:
             logger.info(
                 "meta-test at iteration %d: %s %s mean accuracy %.3f",
@@ -195,3 +206,5 @@ class DatabaseSink(Callbacks):
 
     def close(self) -> None:
         self.writer.close()
+        if self.mirror is not None:
+            self.mirror.close()

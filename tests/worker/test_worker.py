@@ -57,6 +57,7 @@ def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
         "VSML_DATABASE_URL": settings.database_url,
         "VSML_BROKER_URL": settings.broker_url,
         "VSML_QUEUE": settings.queue,
+        "VSML_WANDB_MODE": "offline",  # mirrored without network
     }
     log = open(settings.artifact_dir.parent / "worker.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
@@ -126,6 +127,9 @@ def test_run_goes_from_queued_to_succeeded(
     assert iterations == [5, 10, 12]
     logs = [x["text"] for x in client.get(f"/api/runs/{run_id}/logs").json()]
     assert any("iteration 12: meta_loss" in line for line in logs)
+    folder = settings.artifact_dir / "runs" / str(run_id) / "wandb"
+    mirrored = b"".join(p.read_bytes() for p in folder.rglob("*.wandb"))
+    assert b"meta_loss" in mirrored and b"test/digits/vsml/mean_accuracy" in mirrored
 
 
 def test_metric_points_are_written_once(
