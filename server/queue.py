@@ -21,8 +21,12 @@ def make_celery(settings: Settings) -> Celery:
         folder = settings.queue_dir
         folder.mkdir(parents=True, exist_ok=True)
         broker = "filesystem://"
-        transport = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-                     "polling_interval": 0.2}  # fmt: skip
+        transport = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "control_folder": str(folder / "control"),
+            "polling_interval": 0.2,
+        }
     else:
         broker = settings.broker_url
         # A run can take days; the broker must not hand it out again meanwhile.
