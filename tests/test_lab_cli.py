@@ -1,0 +1,58 @@
+"""`vsml-lab`: the launcher of the service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from server import cli
+from server.config import Settings, check_bind, is_loopback
+from server.db import session_scope
+from server.models import Experiment
+from server.presets import seed_presets
+from vsml.config import preset_names
+
+
+def test_refuses_a_reachable_bind_without_a_token(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Binding beyond loopback without VSML_API_TOKEN exits 2 with the reason."""
+    code = cli.main(["--host", "0.0.0.0", "--data", str(tmp_path), "up"])
+    assert code == 2
+    assert "VSML_API_TOKEN" in capsys.readouterr().err
+    assert not (tmp_path / "lab.db").exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.5"])
+def test_loopback_binds_need_no_token(host: str) -> None:
+    """Loopback addresses are allowed without a token."""
+    assert is_loopback(host)
+    check_bind(Settings(host=host))
+
+
+def test_a_token_allows_any_bind() -> None:
+    """With a token the service may listen on all interfaces."""
+    check_bind(Settings(host="0.0.0.0", api_token="secret"))
+
+
+def test_migrate_builds_the_embedded_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vsml-lab migrate` creates the SQLite database under --data."""
+    assert cli.main(["--data", str(tmp_path), "migrate"]) == 0
+    assert (tmp_path / "lab.db").is_file()
+    assert "newest schema" in capsys.readouterr().out
+
+
+def test_presets_are_seeded_once(tmp_path: Path) -> None:
+    """Every preset becomes an experiment, and seeding twice adds nothing."""
+    settings = Settings(artifact_dir=tmp_path / "artifacts")
+    cli.prepare(settings)
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        names = sorted(session.scalars(select(Experiment.name)))
+        again = seed_presets(session)
+    assert names == sorted(preset_names())
+    assert again == []
