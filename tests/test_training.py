@@ -79,8 +79,40 @@ def test_stop_request_checkpoints_and_ends(tiny_config):
 
     recorder = StopAfterTwo()
     summary = Trainer(tiny_config("training.num_iterations=50"), recorder).run()
-    assert summary.stopped_early and summary.iterations == 2
+    assert summary.stopped_early and summary.cancelled and summary.iterations == 2
     assert recorder.checkpoints[-1][0] == 2
+    assert [i for i, _ in recorder.tests] == [0]  # no final meta-test on a stop
+
+
+def test_stop_request_interrupts_a_meta_test(tiny_config):
+    """A stop asked during a meta-test abandons it, then checkpoints."""
+
+    class StopDuringTest(Recorder):
+        calls = 0
+
+        def should_stop(self):
+            # The loop asks once per iteration; the meta-test once per group.
+            self.calls += 1
+            return len(self.metrics) >= 3 and self.calls > 3
+
+    config = tiny_config(
+        "training.num_iterations=50", "evaluation.every=3", "evaluation.num_episodes=8"
+    )
+    recorder = StopDuringTest()
+    summary = Trainer(config, recorder).run()
+    assert summary.cancelled and summary.iterations == 3
+    assert [i for i, _ in recorder.tests] == [0]  # the one at 3 was abandoned
+    assert recorder.checkpoints[-1][0] == 3
+
+
+def test_time_limit_still_meta_tests_at_the_end(tiny_config):
+    """Running out of time is not a cancel: the run ends with a meta-test."""
+    recorder = Recorder()
+    config = tiny_config("training.num_iterations=1000000")
+    config.training.time_limit_minutes = 0.002
+    summary = Trainer(config, recorder).run()
+    assert summary.stopped_early and not summary.cancelled
+    assert recorder.tests[-1][0] == summary.iterations > 0
 
 
 def test_es_descends_a_quadratic():

@@ -25,6 +25,7 @@ from vsml.model import NetworkSpec, Params
 from vsml.objective import expand_params, run_members, step_accuracy, step_losses
 
 EVAL_SEED_OFFSET = 1_000_003  # keeps test episodes apart from training's stream
+EVAL_CHUNK = 4  # test episodes run at once; a stop request waits for one group
 
 
 class MetaTestInterruptedError(Exception):
@@ -108,13 +109,26 @@ class MetaTester:
         return self._baselines[label]
 
     def vsml_curve(
-        self, params: Params, label: str, x: Tensor, y: Tensor
+        self,
+        params: Params,
+        label: str,
+        x: Tensor,
+        y: Tensor,
+        should_stop: Callable[[], bool] | None = None,
     ) -> LearningCurve:
         """The learner with theta fixed on the test episodes x [E, T, N, ...]."""
         E = x.shape[0]
         gen = torch.Generator().manual_seed(self.config.seed + EVAL_SEED_OFFSET)
         members = expand_params({k: v.detach() for k, v in params.items()}, E)
-        logits = run_members(self.spec, members, x, y, gen)
+
+        def check() -> None:
+            if should_stop is not None and should_stop():
+                raise MetaTestInterruptedError
+
+        # Episodes run a few at a time so that a stop request is seen quickly.
+        logits = run_members(
+            self.spec, members, x, y, gen, chunk=EVAL_CHUNK, before_chunk=check
+        )
         accuracy = step_accuracy(logits, y).mean(0)
         loss = step_losses(logits, y).mean(0)
         return LearningCurve(label, "vsml", accuracy, loss)
@@ -127,16 +141,13 @@ class MetaTester:
     ) -> list[LearningCurve]:
         """Curves of VSML (and the baselines) on every evaluation dataset.
 
-        `should_stop` is asked before each dataset; True raises
-        MetaTestInterruptedError,
-        so a cancel does not wait for a whole meta-test.
+        `should_stop` is asked between small groups of episodes; True raises
+        MetaTestInterruptedError, so a cancel does not wait for the meta-test.
         """
         curves = []
         for index in range(len(self.config.evaluation.datasets)):
-            if should_stop is not None and should_stop():
-                raise MetaTestInterruptedError
             label, x, y = self.episodes(index)
-            curves.append(self.vsml_curve(params, label, x, y))
+            curves.append(self.vsml_curve(params, label, x, y, should_stop))
             if with_baselines:
                 curves.extend(self.baselines(label, x, y))
         return curves

@@ -7,7 +7,7 @@ an episode (rewards learning fast) or that of the last prediction only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -50,12 +50,14 @@ def run_members(
     generator: torch.Generator,
     repeat: int = 1,
     chunk: int = 0,
+    before_chunk: Callable[[], None] | None = None,
 ) -> Tensor:
     """Logits [P, T, N, K] of P members on their episodes, without gradients.
 
     Members run in chunks of `chunk` (0: all at once) so that the working set
     stays cache-sized. Initial states are drawn for P / repeat members and
     shared by each run of `repeat` (antithetic pairs share theirs).
+    `before_chunk` is called before each chunk (it may raise to abandon).
     """
     P, N = x.shape[0], x.shape[2]
     state = model.initial_state(spec, P, N, generator, repeat, x.device)
@@ -65,6 +67,8 @@ def run_members(
     threads = kernels.single_threaded_torch if kernels.available() else _unchanged
     with threads(x.device):
         for start in range(0, P, size):
+            if before_chunk is not None:
+                before_chunk()
             part = slice(start, start + size)
             sub_state = model.State.from_tensors([t[part] for t in state.tensors()])
             sub_params = {k: v[part] for k, v in params.items()}
