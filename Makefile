@@ -65,9 +65,9 @@ test: setup sysdeps services lint
 
 bench: setup services
 	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/run_page.py
-	$(BIN)/python bench/push_latency.py
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.run_page
+	$(BIN)/python -m bench.push_latency
 
 clean:
 	rm -rf $(VENV) runs lab .pytest_cache .ruff_cache
