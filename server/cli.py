@@ -64,7 +64,11 @@ def serve(settings: Settings) -> None:
 
     check_bind(settings)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    # Open event streams would hold a shutdown forever; give them 3 s.
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="warning",
+        timeout_graceful_shutdown=3,
+    )  # fmt: skip
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:

@@ -40,12 +40,14 @@ def meta_gradient(
     generator: torch.Generator,
     loss_kind: str,
     segment: int,
+    state: model.State | None = None,
 ) -> tuple[Params, Tensor]:
     """Gradient of the mean meta-loss over P trajectories w.r.t. theta.
 
     Args:
         params: one meta-parameter set, [1, ...].
         x: [P, T, N, H, W, C] episodes; y: [P, T, N, K] one-hot labels.
+        state: initial states of the P trajectories; drawn if None.
 
     Returns:
         Gradients shaped like params, and the logits [P, T, N, K] (detached).
@@ -54,14 +56,16 @@ def meta_gradient(
     names = list(params)
     leaves = [params[n].detach().requires_grad_() for n in names]
     members = expand_params(dict(zip(names, leaves, strict=True)), P)
-    state = model.initial_state(spec, P, N, generator, device=x.device).tensors()
+    if state is None:
+        state = model.initial_state(spec, P, N, generator, device=x.device)
+    tensors = state.tensors()
     pieces = []
     for start in range(0, T, segment):
         part = slice(start, start + segment)
-        *state, logits = checkpoint(
+        *tensors, logits = checkpoint(
             _segment,
             spec, names, len(names), x[:, part], y[:, part],
-            *members.values(), *state,
+            *members.values(), *tensors,
             use_reentrant=False,
         )  # fmt: skip
         pieces.append(logits)

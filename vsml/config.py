@@ -161,6 +161,21 @@ class EvaluationConfig(_Section):
     baseline_hidden: int = Field(128, ge=1)  # hidden units of the baseline MLP
 
 
+class RankDataConfig(_Section):
+    """Training data of a group of processes (the seed's mixture experiments)."""
+
+    train: list[DatasetConfig] = Field(min_length=1)  # datasets of these ranks
+    repeat: int = Field(1, ge=1)  # how many consecutive ranks use them
+
+
+class DistributedConfig(_Section):
+    world_size: int = Field(1, ge=1, le=1024)  # processes of one run
+    # Per-rank training data, in rank order; repeats must add up to world_size.
+    # Empty: every rank meta-trains on data.train.
+    rank_data: list[RankDataConfig] = []
+    timeout_minutes: float = Field(30, gt=0)  # a collective waiting longer fails
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = Field(0, ge=0, le=2**32 - 1)  # drives every random draw of a run
@@ -169,9 +184,11 @@ class ExperimentConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
+        self._check_distributed()
         ways = self.training.few_shot_ways
         if ways is not None:
             if ways > self.data.num_classes:
@@ -188,6 +205,31 @@ class ExperimentConfig(_Section):
         if self.model.output_index >= self.model.message_size:
             raise ValueError("model.output_index must be below model.message_size")
         return self
+
+    def _check_distributed(self) -> None:
+        dist = self.distributed
+        repeats = sum(r.repeat for r in dist.rank_data)
+        if dist.rank_data and repeats != dist.world_size:
+            raise ValueError(
+                f"distributed.rank_data repeats add up to {repeats} ranks but "
+                f"distributed.world_size={dist.world_size}: make them equal"
+            )
+        if self.optimizer.population_size < dist.world_size:
+            unit = "pairs" if self.optimizer.type == "es" else "trajectories"
+            raise ValueError(
+                f"optimizer.population_size={self.optimizer.population_size} "
+                f"{unit} cannot be spread over distributed.world_size="
+                f"{dist.world_size} processes: each needs at least one"
+            )
+
+    def train_datasets(self, rank: int) -> list[DatasetConfig]:
+        """The training datasets of process `rank`."""
+        first = 0
+        for group in self.distributed.rank_data:
+            if rank < first + group.repeat:
+                return group.train
+            first += group.repeat
+        return self.data.train
 
 
 # --- loading, merging and error messages -----------------------------------
@@ -313,7 +355,7 @@ def validate(data: dict[str, Any]) -> ExperimentConfig:
 def validate_yaml(text: str) -> ExperimentConfig:
     """Validate a YAML document; each problem carries its line in `text`."""
     try:
-        return validate(read_yaml(text))
+        return validate(read_yaml(text, source="config"))
     except ConfigError as err:
         located = [_locate(text, p) for p in err.problems]
         raise ConfigError(str(err), located) from None

@@ -206,6 +206,10 @@ class State:
             list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
         )
 
+    def members(self, part: slice) -> State:
+        """The states of population members `part` (views, not copies)."""
+        return State.from_tensors([t[part] for t in self.tensors()])
+
 
 def cell_shape(layer: LayerSpec) -> tuple[int, ...]:
     """The grid of sub-RNNs in a layer."""

@@ -51,6 +51,7 @@ def run_members(
     repeat: int = 1,
     chunk: int = 0,
     before_chunk: Callable[[], None] | None = None,
+    state: model.State | None = None,
 ) -> Tensor:
     """Logits [P, T, N, K] of P members on their episodes, without gradients.
 
@@ -58,9 +59,11 @@ def run_members(
     stays cache-sized. Initial states are drawn for P / repeat members and
     shared by each run of `repeat` (antithetic pairs share theirs).
     `before_chunk` is called before each chunk (it may raise to abandon).
+    `state` replaces the drawn initial states (a process's slice of them).
     """
     P, N = x.shape[0], x.shape[2]
-    state = model.initial_state(spec, P, N, generator, repeat, x.device)
+    if state is None:
+        state = model.initial_state(spec, P, N, generator, repeat, x.device)
     size = P if chunk <= 0 else max(repeat, chunk - chunk % repeat)
     logits = []
     # With the native kernel the remaining PyTorch ops are small (see kernels).
@@ -70,7 +73,7 @@ def run_members(
             if before_chunk is not None:
                 before_chunk()
             part = slice(start, start + size)
-            sub_state = model.State.from_tensors([t[part] for t in state.tensors()])
+            sub_state = state.members(part)
             sub_params = {k: v[part] for k, v in params.items()}
             logits.append(
                 model.run_episode(spec, sub_params, x[part], y[part], sub_state)

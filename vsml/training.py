@@ -18,11 +18,13 @@ from torch import Tensor
 
 from vsml import backprop, data, es, model
 from vsml.config import ExperimentConfig, validate
+from vsml.distributed import Comm, share
 from vsml.evaluation import LearningCurve, MetaTester, MetaTestInterruptedError
 from vsml.objective import meta_loss, run_members, step_accuracy, step_losses
 from vsml.optim import Adam, clip_by_global_norm, global_norm
 
 CHECKPOINT_FORMAT = 1
+DATA_SEED_OFFSET = 7_919  # keeps the episode stream apart from the noise stream
 
 
 class Callbacks:
@@ -67,22 +69,44 @@ class Summary:
     cancelled: bool = False  # stopped by `should_stop` (no final meta-test)
 
 
+@dataclass
+class StepResult:
+    """One meta-gradient estimate, summed over all processes."""
+
+    grads: dict[str, Tensor]
+    losses: Tensor  # [population] meta-loss of every member or trajectory
+    accuracy: float  # mean step accuracy over the whole population
+    evaluations: int  # member-episode-steps x batch evaluated by all processes
+
+
 class Trainer:
-    """Meta-trains one VSML learner by ES or backprop; resumable exactly."""
+    """Meta-trains one VSML learner by ES or backprop; resumable exactly.
+
+    With a `comm` of several processes (vsml.distributed), each evaluates its
+    share of the population and the estimates are summed; only rank 0 reports
+    through the callbacks, meta-tests and checkpoints.
+    """
 
     def __init__(
         self,
         config: ExperimentConfig,
         callbacks: Callbacks | None = None,
         checkpoint: dict[str, Any] | None = None,
+        comm: Comm | None = None,
     ) -> None:
         self.config = config
         self.callbacks = callbacks or Callbacks()
+        self.comm = comm or Comm()
         self.spec = network_for(config)
         self.device = resolve_device(config.training.device)
-        # One CPU generator drives every random draw: the same stream on any
-        # device, and its state checkpoints exactly.
+        # CPU generators drive every random draw: the same stream on any
+        # device, and their states checkpoint exactly. `generator` (noise,
+        # initial states) is identical on every process; `data_generator`
+        # samples this process's episodes, whose datasets may differ by rank.
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.data_generator = torch.Generator().manual_seed(
+            config.seed + DATA_SEED_OFFSET
+        )
         params = model.init_params(self.spec, self.generator, population=1)
         self.params = _to(params, self.device)
         opt = config.optimizer
@@ -91,12 +115,16 @@ class Trainer:
         # Bookkeeping of `run`: last checkpointed and meta-tested iterations.
         self._saved, self._tested = -1, -1
         self._curves: list[LearningCurve] = []
+        self._interrupted = False
         self.sources = [
-            data.load_split(d, config.data, "train") for d in config.data.train
+            data.load_split(d, config.data, "train")
+            for d in config.train_datasets(self.comm.rank)
         ]
         self.tester = MetaTester(config, self.spec, self.device)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
+        # Every process starts from rank 0's meta-parameters.
+        self.params = self.comm.broadcast(self.params)
 
     # --- one meta-iteration ------------------------------------------------
 
@@ -104,61 +132,100 @@ class Trainer:
         tr = self.config.training
         x, y = data.sample_mixture(
             self.sources, count, tr.episode_length, tr.batch_size,
-            self.config.data.num_classes, self.generator, tr.few_shot_ways,
+            self.config.data.num_classes, self.data_generator, tr.few_shot_ways,
             offset=self.iteration,
         )  # fmt: skip
         return x.to(self.device), y.to(self.device)
 
-    def _es_step(self) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    def _gather(self, local: Tensor, part: slice, total: int) -> Tensor:
+        """Every process's slice of a population-sized vector, joined."""
+        full = torch.zeros(total, dtype=local.dtype, device=local.device)
+        full[part] = local
+        return self.comm.sum({"v": full})["v"]
+
+    def _summed_accuracy(self, logits: Tensor, y: Tensor, total: int) -> float:
+        accuracy = step_accuracy(logits, y)  # [members, ...]
+        local = accuracy.reshape(len(accuracy), -1).mean(1).sum()
+        return float(self.comm.sum({"a": local.reshape(1)})["a"]) / total
+
+    def _es_step(self) -> StepResult:
         opt, tr = self.config.optimizer, self.config.training
         pairs = opt.population_size
         noise = es.sample_noise(self.params, pairs, self.generator)
-        members = es.perturb(self.params, noise, opt.sigma)
         x, y = self._episodes(pairs)
         # Both signs of a pair see the same episode and initial state.
         x, y = x.repeat_interleave(2, dim=0), y.repeat_interleave(2, dim=0)
-        logits = run_members(
-            self.spec, members, x, y, self.generator, repeat=2, chunk=tr.member_chunk
+        state = model.initial_state(
+            self.spec, 2 * pairs, x.shape[2], self.generator, 2, self.device
         )
-        losses = meta_loss(step_losses(logits, y), tr.meta_loss)
-        if opt.fitness_shaping == "centered_ranks":
-            losses = es.centered_ranks(losses)
-        grads = es.estimate_gradient(noise, losses, opt.sigma, pairs)
-        return grads, logits, y
 
-    def _backprop_step(self) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        opt, tr = self.config.optimizer, self.config.training
-        x, y = self._episodes(opt.population_size)
-        grads, logits = backprop.meta_gradient(
-            self.spec, self.params, x, y, self.generator, tr.meta_loss,
-            opt.checkpoint_segment,
+        # This process's pairs, and their members (2 per pair).
+        mine = share(pairs, self.comm.rank, self.comm.world_size)
+        members_part = slice(2 * mine.start, 2 * mine.stop)
+        noise = {k: v[mine] for k, v in noise.items()}
+        members = es.perturb(self.params, noise, opt.sigma)
+        logits = run_members(
+            self.spec, members, x[members_part], y[members_part], self.generator,
+            repeat=2, chunk=tr.member_chunk, state=state.members(members_part),
         )  # fmt: skip
-        return grads, logits, y
+        local = meta_loss(step_losses(logits, y[members_part]), tr.meta_loss)
+
+        # Fitness shaping ranks the whole population, so gather losses first.
+        losses = self._gather(local, members_part, 2 * pairs)
+        shaped = opt.fitness_shaping == "centered_ranks"
+        fitness = es.centered_ranks(losses) if shaped else losses
+        share_of_grad = es.estimate_gradient(
+            noise, fitness[members_part], opt.sigma, pairs
+        )
+        return StepResult(
+            self.comm.sum(share_of_grad), losses,
+            self._summed_accuracy(logits, y[members_part], 2 * pairs),
+            2 * pairs * x.shape[1] * x.shape[2],
+        )  # fmt: skip
+
+    def _backprop_step(self) -> StepResult:
+        opt, tr = self.config.optimizer, self.config.training
+        P = opt.population_size
+        x, y = self._episodes(P)
+        state = model.initial_state(
+            self.spec, P, x.shape[2], self.generator, device=self.device
+        )
+        mine = share(P, self.comm.rank, self.comm.world_size)
+        grads, logits = backprop.meta_gradient(
+            self.spec, self.params, x[mine], y[mine], self.generator, tr.meta_loss,
+            opt.checkpoint_segment, state=state.members(mine),
+        )  # fmt: skip
+        # The gradient of the mean over all P: weight this slice's mean.
+        weight = (mine.stop - mine.start) / P
+        grads = self.comm.sum({k: g * weight for k, g in grads.items()})
+        local = meta_loss(step_losses(logits, y[mine]), tr.meta_loss)
+        return StepResult(
+            grads, self._gather(local, mine, P),
+            self._summed_accuracy(logits, y[mine], P),
+            P * x.shape[1] * x.shape[2],
+        )  # fmt: skip
 
     def train_step(self) -> dict[str, float]:
         """One meta-iteration: estimate the meta-gradient, take an Adam step."""
         start = time.perf_counter()
         if self.config.optimizer.type == "es":
-            grads, logits, y = self._es_step()
+            result = self._es_step()
         else:
-            grads, logits, y = self._backprop_step()
-        grad_norm = float(global_norm(grads))
-        grads = clip_by_global_norm(grads, self.config.optimizer.clip_norm)
+            result = self._backprop_step()
+        grad_norm = float(global_norm(result.grads))
+        grads = clip_by_global_norm(result.grads, self.config.optimizer.clip_norm)
         self.params = self.adam.step(self.params, grads)
         self.iteration += 1
 
         seconds = time.perf_counter() - start
-        P, T, N = logits.shape[:3]
-        losses = step_losses(logits, y)
+        updates = result.evaluations * updates_per_step(self.spec)
         return {
-            "meta_loss": float(
-                meta_loss(losses, self.config.training.meta_loss).mean()
-            ),
-            "train_accuracy": float(step_accuracy(logits, y).mean()),
+            "meta_loss": float(result.losses.mean()),
+            "train_accuracy": result.accuracy,
             "grad_norm": grad_norm,
             "param_norm": float(global_norm(self.params)),
             "seconds_per_iteration": seconds,
-            "updates_per_s": P * T * N * updates_per_step(self.spec) / seconds,
+            "updates_per_s": updates / seconds,
         }
 
     # --- checkpoints -------------------------------------------------------
@@ -175,6 +242,7 @@ class Trainer:
                 "v": _to(self.adam.v, "cpu"),
             },
             "generator": self.generator.get_state(),
+            "data_generator": self.data_generator.get_state(),
             "config": self.config.model_dump(mode="json"),
         }
 
@@ -202,6 +270,8 @@ class Trainer:
             }
         )
         self.generator.set_state(checkpoint["generator"])
+        if "data_generator" in checkpoint:  # absent before distributed runs
+            self.data_generator.set_state(checkpoint["data_generator"])
 
     # --- the loop ----------------------------------------------------------
 
@@ -218,20 +288,20 @@ class Trainer:
         iterations and at the end; checkpoints every `training.checkpoint_every`
         iterations and at the end (also when stopped). A stop request (a
         cancel) skips the final meta-test so that the run ends promptly.
+        Only rank 0 meta-tests and checkpoints; it also decides when to stop.
         """
         start = time.monotonic()
         limit = self.config.training.time_limit_minutes
         deadline = start + 60 * limit if limit else None
         self._saved, self._tested, self._curves = -1, -1, []
-        try:
-            reason = self._loop(start, deadline)
-        except MetaTestInterruptedError:
-            reason = "cancel"
+        self._interrupted = False
+        reason = self._loop(start, deadline)
         cancelled = reason == "cancel"
-        if self._saved != self.iteration:
-            self.callbacks.on_checkpoint(self.iteration, self.checkpoint())
-        if not cancelled and (self._tested != self.iteration or not self._curves):
-            self._curves = self.meta_test()
+        if self.comm.is_main:
+            if self._saved != self.iteration:
+                self.callbacks.on_checkpoint(self.iteration, self.checkpoint())
+            if not cancelled and (self._tested != self.iteration or not self._curves):
+                self._curves = self.meta_test()
         return Summary(
             iterations=self.iteration,
             stopped_early=bool(reason),
@@ -244,22 +314,44 @@ class Trainer:
         """Iterate; returns "cancel", "deadline" or "" (budget reached)."""
         tr, ev = self.config.training, self.config.evaluation
         if self.iteration == 0:
-            self._curves, self._tested = self.meta_test(), 0
+            self._maybe_meta_test()
         while self.iteration < tr.num_iterations:
-            if self.callbacks.should_stop():
-                return "cancel"
-            if deadline and time.monotonic() > deadline:
-                return "deadline"
+            # Rank 0's verdict binds every process, so all stop together.
+            verdict = STOP_REASONS[self.comm.decide(self._stop_code(deadline))]
+            if verdict:
+                return verdict
             metrics = self.train_step()
             metrics["elapsed_s"] = time.monotonic() - start
+            if not self.comm.is_main:
+                continue
             if self.iteration % tr.log_every == 0 or self.iteration == 1:
                 self.callbacks.on_metrics(self.iteration, metrics)
             if self.iteration % tr.checkpoint_every == 0:
                 self.callbacks.on_checkpoint(self.iteration, self.checkpoint())
                 self._saved = self.iteration
             if self.iteration % ev.every == 0:
-                self._curves, self._tested = self.meta_test(), self.iteration
+                self._maybe_meta_test()
         return ""
+
+    def _maybe_meta_test(self) -> None:
+        """Meta-test on rank 0; an interrupted one turns into a stop."""
+        if not self.comm.is_main:
+            return
+        try:
+            self._curves, self._tested = self.meta_test(), self.iteration
+        except MetaTestInterruptedError:
+            self._interrupted = True
+
+    def _stop_code(self, deadline: float | None) -> int:
+        """Index into STOP_REASONS (only rank 0's counts)."""
+        if self._interrupted or self.callbacks.should_stop():
+            return 1
+        if deadline and time.monotonic() > deadline:
+            return 2
+        return 0
+
+
+STOP_REASONS = ("", "cancel", "deadline")
 
 
 def resolve_device(name: str) -> torch.device:
