@@ -43,20 +43,20 @@ def mount_static(app: FastAPI) -> None:
     app.mount("/vendor", StaticFiles(directory=PLOTLY_DIR), name="vendor")
 
 
-def page(request: Request, template: str, **context: object) -> Response:
-    """A rendered page, or a redirect to /login when the token is missing."""
-    settings = request.app.state.settings
-    if not token_ok(request, settings):
-        target = quote(request.url.path + _query(request), safe="/?=&,")
-        return RedirectResponse(f"/login?next={target}", status_code=303)
+def render(request: Request, template: str, **context: object) -> Response:
     response = templates.TemplateResponse(request, template, context)
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
 
-def _query(request: Request) -> str:
-    return f"?{request.url.query}" if request.url.query else ""
+def page(request: Request, template: str, **context: object) -> Response:
+    """A rendered page, or a redirect to /login when the token is missing."""
+    if not token_ok(request, request.app.state.settings):
+        query = f"?{request.url.query}" if request.url.query else ""
+        target = quote(request.url.path + query, safe="/,")
+        return RedirectResponse(f"/login?next={target}", status_code=303)
+    return render(request, template, **context)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -83,22 +83,23 @@ def compare_page(request: Request) -> Response:
 def login_page(
     request: Request,
     settings: SettingsDep,
-    next: Annotated[str, Query(max_length=2000)] = "/",
+    next_: Annotated[str, Query(alias="next", max_length=2000)] = "/",
 ) -> Response:
     """Ask for the API token once; without a token there is nothing to ask."""
-    target = next if _is_local_path(next) else "/"
+    target = next_ if _is_local_path(next_) else "/"
     if not settings.api_token or token_ok(request, settings):
         return RedirectResponse(target, status_code=303)
-    response = templates.TemplateResponse(
-        request, "login.html", {"title": "Sign in", "next": target}
-    )
-    response.headers["Content-Security-Policy"] = CSP
-    return response
+    return render(request, "login.html", title="Sign in", next=target)
 
 
 def _is_local_path(path: str) -> bool:
-    # "//host" and "/\host" are other sites to a browser: never redirect there.
-    return path.startswith("/") and not path.startswith(("//", "/\\"))
+    # "//host", "/\host" and "/<tab>/host" (browsers drop tabs and newlines)
+    # are other sites to a browser: never redirect there.
+    return (
+        path.startswith("/")
+        and not path.startswith(("//", "/\\"))
+        and path.isprintable()
+    )
 
 
 class Login(BaseModel):
