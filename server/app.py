@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from functools import lru_cache
@@ -9,7 +10,10 @@ from typing import Any
 
 from celery import Celery
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.config import Settings, get_settings
@@ -42,12 +46,12 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _BodyTooLargeError
+                raise BodyTooLargeError(self.limit)
             return message
 
         try:
             await self.app(scope, counting_receive, send)
-        except _BodyTooLargeError:
+        except BodyTooLargeError:  # read outside a route; routes answer 413
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
@@ -56,18 +60,47 @@ class BodyLimit:
         await response({"type": "http"}, _no_body, send)
 
 
-class _BodyTooLargeError(Exception):
-    pass
+class BodyTooLargeError(HTTPException):
+    """Raised while reading a body past the limit.
+
+    An HTTPException, so that FastAPI's own body parsing passes it on (it
+    turns other errors into 400) and the route answers 413.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped, so echoed lone surrogates still encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 async def config_error(_request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, ConfigError)
     problems = [p.as_dict() for p in err.problems]
-    return JSONResponse({"detail": str(err), "problems": problems}, status_code=422)
+    body = {"detail": str(err), "problems": problems}
+    return AsciiJSONResponse(body, status_code=422)
+
+
+async def http_error(_request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, HTTPException)
+    return AsciiJSONResponse(
+        {"detail": err.detail}, status_code=err.status_code, headers=err.headers
+    )
+
+
+async def request_invalid(_request: Request, err: Exception) -> JSONResponse:
+    """422 listing each fault, without echoing the input (it may not be JSON)."""
+    assert isinstance(err, RequestValidationError)
+    errors = [{k: v for k, v in e.items() if k != "input"} for e in err.errors()]
+    return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
 async def unexpected_error(request: Request, err: Exception) -> JSONResponse:
@@ -94,6 +127,8 @@ def create_app(
     app.include_router(pages.router)
     pages.mount_static(app)
     app.add_exception_handler(ConfigError, config_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, request_invalid)
     app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -27,6 +27,15 @@ from server.db import Base
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+# The largest integer SQLite stores; no id or step can be larger.
+MAX_DB_INT = 2**63 - 1
+
+
+def fits_id(value: int) -> bool:
+    """Whether `value` can be a row id (larger ones overflow SQLite's INTEGER)."""
+    return 0 < value <= MAX_DB_INT
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -59,8 +68,10 @@ class Experiment(Base):
     tag_rows: Mapped[list[ExperimentTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
     )
+    # The database deletes the runs (ON DELETE CASCADE); loaded ones go too,
+    # instead of being orphaned with a NULL experiment.
     runs: Mapped[list[Run]] = relationship(
-        back_populates="experiment", passive_deletes=True
+        back_populates="experiment", cascade="all, delete-orphan", passive_deletes=True
     )
 
     @property

@@ -11,9 +11,21 @@ from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.orm import Session
 
 from server.downsample import downsample
-from server.models import CurvePoint, LogLine, MetricPoint, RunEvent
+from server.models import MAX_DB_INT, CurvePoint, LogLine, MetricPoint, RunEvent
 
 CURVE_COLUMNS = ["meta_step", "dataset", "learner", "inner_step", "accuracy", "loss"]
+
+
+def row_number(text: str) -> int | None:
+    """A non-negative integer the database can hold, from client text; else None.
+
+    ASCII digits only ('²'.isdigit() is true, but int('²') fails), and no more
+    than 19 of them, so int() never meets Python's 4,300-digit limit.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    value = int(text)
+    return value if value <= MAX_DB_INT else None
 
 
 @dataclass(frozen=True)
@@ -33,13 +45,13 @@ class Cursor:
         """'12.0.5.3' -> Cursor; raises ValueError naming the expected form."""
         if not text:
             return cls()
-        parts = text.strip().split(".")
-        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        parts = [row_number(p) for p in text.strip().split(".")]
+        if len(parts) != 4 or None in parts:
             raise ValueError(
                 f"bad stream cursor {text!r}: expected four non-negative "
                 "integers joined by dots, like 120.0.7.3"
             )
-        return cls(*(int(p) for p in parts))
+        return cls(*parts)
 
 
 def current_cursor(session: Session, run_id: int) -> Cursor:

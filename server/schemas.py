@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
 
 
 def _iso_utc(value: datetime) -> str:
@@ -15,12 +22,21 @@ def _iso_utc(value: datetime) -> str:
     return value.isoformat()
 
 
+def _storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it on every database alike.
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+Storable = AfterValidator(_storable)
 UtcDatetime = Annotated[datetime, PlainSerializer(_iso_utc, return_type=str)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                        max_length=200)]  # fmt: skip
+                                        max_length=200), Storable]  # fmt: skip
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                       max_length=64)]  # fmt: skip
-Override = Annotated[str, StringConstraints(min_length=3, max_length=1000)]
+                                       max_length=64), Storable]  # fmt: skip
+Description = Annotated[str, StringConstraints(max_length=20_000), Storable]
+Override = Annotated[str, StringConstraints(min_length=3, max_length=1000), Storable]
 
 
 class _Strict(BaseModel):
@@ -31,7 +47,7 @@ class ExperimentCreate(_Strict):
     name: Name | None = Field(
         default=None, description="Unique name; defaults to the config's `name`."
     )
-    description: str = Field(default="", max_length=20_000)
+    description: Description = ""
     tags: list[Tag] = Field(default_factory=list, max_length=32)
     config: str | dict[str, Any] = Field(
         description="The experiment config: YAML text or a JSON object."
@@ -39,7 +55,7 @@ class ExperimentCreate(_Strict):
 
 
 class ExperimentUpdate(_Strict):
-    description: str | None = Field(default=None, max_length=20_000)
+    description: Description | None = None
     tags: list[Tag] | None = Field(default=None, max_length=32)
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import yaml
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from server import records
 from server.deps import CeleryDep, SessionDep, SettingsDep
@@ -23,6 +26,7 @@ from server.models import (
     ExperimentTag,
     Run,
     RunStatus,
+    fits_id,
     utcnow,
 )
 from server.queue import enqueue_run
@@ -32,6 +36,7 @@ from server.schemas import (
     ExperimentList,
     ExperimentPublic,
     ExperimentUpdate,
+    Name,
     RunLaunch,
     RunPublic,
 )
@@ -39,6 +44,9 @@ from vsml import config as vcfg
 
 router = APIRouter(prefix="/api", tags=["experiments"])
 
+NAME = TypeAdapter(Name)
+# More values than any config needs; bounds what aliases can expand to.
+MAX_CONFIG_VALUES = 100_000
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 CREATE_BODY = {
     "requestBody": {
@@ -67,22 +75,102 @@ def package_version() -> str:
 
 
 def get_experiment(session: Session, experiment_id: int) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
+    experiment = None
+    if fits_id(experiment_id):
+        experiment = session.get(Experiment, experiment_id)
     if experiment is None:
         raise HTTPException(404, f"experiment {experiment_id} does not exist")
     return experiment
 
 
+@contextmanager
+def unreadable_as_config_error() -> Iterator[None]:
+    """Turn what parsers raise on extreme input into a ConfigError (422).
+
+    Python refuses integers over 4,300 digits (ValueError) and nesting deeper
+    than its stack (RecursionError); both come from what a client sent.
+    """
+    try:
+        yield
+    except vcfg.ConfigError:
+        raise
+    except (ValueError, RecursionError) as err:
+        raise vcfg.ConfigError(f"the config cannot be read: {err}") from None
+
+
 def parse_config(config: str | dict[str, Any]) -> tuple[vcfg.ExperimentConfig, str]:
     """The validated config and the YAML text to store (as written if YAML)."""
-    if isinstance(config, str):
-        return vcfg.validate_yaml(config), config
-    return vcfg.validate(config), yaml.safe_dump(config, sort_keys=False)
+    with unreadable_as_config_error():
+        if isinstance(config, str):
+            refuse_alias_bombs(config)
+            return vcfg.validate_yaml(config), config
+        return vcfg.validate(config), yaml.safe_dump(config, sort_keys=False)
+
+
+def refuse_alias_bombs(text: str) -> None:
+    """Refuse YAML whose aliases expand to more than MAX_CONFIG_VALUES values.
+
+    A kilobyte of nested anchors can stand for billions of values, which
+    validating (and quoting in error messages) would never finish.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return  # validate_yaml reports it with its line and column
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = MAX_CONFIG_VALUES + 1  # an alias to itself: endless
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_VALUES:
+                break
+        sizes[id(node)] = total
+        return total
+
+    if root is not None and size(root) > MAX_CONFIG_VALUES:
+        raise vcfg.ConfigError(
+            f"the config expands to more than {MAX_CONFIG_VALUES} values through "
+            "YAML anchors and aliases"
+        )
+
+
+def _utf8(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HTTPException(
+            422, f"the body is not UTF-8 text (byte {err.start}: {err.reason})"
+        ) from err
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(_utf8(raw))
+    except json.JSONDecodeError as err:
+        raise HTTPException(
+            422, f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        ) from err
+    except (ValueError, RecursionError) as err:  # huge integers, deep nesting
+        raise HTTPException(422, f"unreadable JSON: {err}") from err
 
 
 async def read_create_body(request: Request) -> ExperimentCreate:
     """A JSON body, or a YAML config with name/description/tags as query."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in YAML_TYPES and kind not in ("application/json", ""):
+        raise HTTPException(
+            415, f"unsupported content type {kind!r}: send application/json "
+            "or application/yaml",
+        )  # fmt: skip
     raw = await request.body()
     try:
         if kind in YAML_TYPES:
@@ -91,20 +179,9 @@ async def read_create_body(request: Request) -> ExperimentCreate:
                 name=query.get("name"),
                 description=query.get("description", ""),
                 tags=query.getlist("tag"),
-                config=raw.decode("utf-8"),
+                config=_utf8(raw),
             )
-        if kind not in ("application/json", ""):
-            raise HTTPException(
-                415, f"unsupported content type {kind!r}: send application/json "
-                "or application/yaml",
-            )  # fmt: skip
-        return ExperimentCreate.model_validate(json.loads(raw))
-    except UnicodeDecodeError as err:
-        raise HTTPException(422, "the config is not UTF-8 text") from err
-    except json.JSONDecodeError as err:
-        raise HTTPException(
-            422, f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-        ) from err
+        return ExperimentCreate.model_validate(_json(raw))
     except ValidationError as err:
         raise HTTPException(422, _pydantic_detail(err)) from err
 
@@ -137,8 +214,27 @@ def set_tags(experiment: Experiment, tags: list[str]) -> None:
 async def create_experiment(request: Request, session: SessionDep) -> ExperimentPublic:
     """Create an experiment from a YAML or JSON config (validated)."""
     body = await read_create_body(request)
+    # Validating and storing block: keep them off the event loop.
+    return await run_in_threadpool(store_experiment, session, body)
+
+
+def experiment_name(body: ExperimentCreate, config: vcfg.ExperimentConfig) -> str:
+    """The name given, or else the config's (which must fit the same rules)."""
+    if body.name:
+        return body.name
+    try:
+        return NAME.validate_python(config.name)
+    except ValidationError as err:
+        reason = err.errors()[0]["msg"]
+        raise HTTPException(
+            422, f"the config's name {config.name!r} cannot name an experiment "
+            f"({reason}): give a name",
+        ) from err  # fmt: skip
+
+
+def store_experiment(session: Session, body: ExperimentCreate) -> ExperimentPublic:
     config, text = parse_config(body.config)
-    name = body.name or config.name
+    name = experiment_name(body, config)
     now = utcnow()
     experiment = Experiment(
         name=name, description=body.description, config_yaml=text,
@@ -209,11 +305,12 @@ def resolved_configs(
     experiment: Experiment, body: RunLaunch
 ) -> list[vcfg.ExperimentConfig]:
     """The experiment's config with the overrides, once per seed."""
-    base = vcfg.read_yaml(experiment.config_yaml)
-    for text in body.overrides:
-        base = vcfg.deep_merge(base, vcfg.parse_override(text))
-    seeds = body.seeds if body.seeds is not None else [vcfg.validate(base).seed]
-    return [vcfg.validate({**base, "seed": seed}) for seed in seeds]
+    with unreadable_as_config_error():
+        base = vcfg.read_yaml(experiment.config_yaml)
+        for text in body.overrides:
+            base = vcfg.deep_merge(base, vcfg.parse_override(text))
+        seeds = body.seeds if body.seeds is not None else [vcfg.validate(base).seed]
+        return [vcfg.validate({**base, "seed": seed}) for seed in seeds]
 
 
 @router.post(

@@ -27,9 +27,13 @@ def check_database(settings: Settings) -> dict[str, Any]:
 
 def check_broker(settings: Settings) -> dict[str, Any]:
     if settings.uses_local_broker:
+        # The folder appears with the first queued run; a new lab makes it here.
         folder = settings.queue_dir
-        ok = folder.is_dir()
-        return {"ok": ok, "backend": "filesystem", "path": str(folder)}
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return {"ok": False, "backend": "filesystem", "error": str(err)}
+        return {"ok": True, "backend": "filesystem", "path": str(folder)}
     from kombu import Connection
 
     try:

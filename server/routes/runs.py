@@ -16,7 +16,15 @@ from sqlalchemy.orm import Session
 
 from server import queries, records
 from server.deps import SessionDep
-from server.models import Checkpoint, Experiment, ExperimentTag, Run, RunStatus
+from server.models import (
+    MAX_DB_INT,
+    Checkpoint,
+    Experiment,
+    ExperimentTag,
+    Run,
+    RunStatus,
+    fits_id,
+)
 from server.schemas import CheckpointPublic, LogLinePublic, RunList, RunPublic
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -26,7 +34,7 @@ MAX_CHART_POINTS = 20_000
 
 
 def get_run(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
+    run = session.get(Run, run_id) if fits_id(run_id) else None
     if run is None:
         raise HTTPException(404, f"run {run_id} does not exist")
     return run
@@ -55,7 +63,7 @@ def run_public(run: Run) -> RunPublic:
 def list_runs(
     session: SessionDep,
     status: RunStatus | None = None,
-    experiment_id: int | None = None,
+    experiment_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INT)] = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -177,11 +185,12 @@ def _meta_step(session: Session, run_id: int, text: str) -> int | None:
     if text == "latest":
         latest = queries.latest_meta_step(session, run_id)
         return -1 if latest is None else latest
-    if not text.isdigit():
+    step = queries.row_number(text)
+    if step is None:
         raise HTTPException(
             422, f"meta_step={text!r}: use 'latest', 'all' or an iteration number"
         )
-    return int(text)
+    return step
 
 
 @router.get("/{run_id}/checkpoints", response_model=list[CheckpointPublic])
@@ -205,11 +214,13 @@ def list_checkpoints(run_id: int, session: SessionDep) -> list[CheckpointPublic]
 @router.get("/{run_id}/checkpoints/{iteration}")
 def download_checkpoint(run_id: int, iteration: int, session: SessionDep) -> Response:
     get_run(session, run_id)
-    row = session.scalar(
-        select(Checkpoint).where(
-            Checkpoint.run_id == run_id, Checkpoint.iteration == iteration
+    row = None
+    if 0 <= iteration <= MAX_DB_INT:
+        row = session.scalar(
+            select(Checkpoint).where(
+                Checkpoint.run_id == run_id, Checkpoint.iteration == iteration
+            )
         )
-    )
     if row is None or not Path(row.path).is_file():
         raise HTTPException(
             404, f"run {run_id} has no checkpoint at iteration {iteration}"
@@ -222,7 +233,7 @@ def download_checkpoint(run_id: int, iteration: int, session: SessionDep) -> Res
 def read_logs(
     run_id: int,
     session: SessionDep,
-    after: Annotated[int, Query(ge=-1)] = -1,
+    after: Annotated[int, Query(ge=-1, le=MAX_DB_INT)] = -1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[LogLinePublic]:
     """Log lines of the training process, oldest first, after sequence `after`."""

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from server import queries
 from server.db import session_factory
 from server.deps import SessionDep, SettingsDep
-from server.models import CurvePoint, LogLine, MetricPoint, Run, RunEvent
+from server.models import MAX_DB_INT, CurvePoint, LogLine, MetricPoint, Run, RunEvent
 from server.routes.runs import get_run, run_public
 
 router = APIRouter(prefix="/api", tags=["live"])
@@ -176,11 +176,11 @@ def runs_updates(session: Session, after: int) -> tuple[list[str], int]:
 async def stream_runs(
     request: Request,
     settings: SettingsDep,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_DB_INT)] = None,
 ) -> StreamingResponse:
     """A `run` event whenever any run's status or progress changes."""
     header = request.headers.get("last-event-id")
-    if header is not None and not header.isdigit():
+    if header is not None and queries.row_number(header) is None:
         raise HTTPException(422, f"bad Last-Event-ID {header!r}: expected an integer")
     factory = session_factory(settings.resolved_database_url)
     with factory() as db:
