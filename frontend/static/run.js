@@ -14,6 +14,7 @@ import {
   everyFrame,
   formatDuration,
   formatNumber,
+  formatPercent,
   formatTime,
   parseTestKey,
   showError,
@@ -190,10 +191,62 @@ function addSeries(key, steps, values) {
     return;
   }
   const test = parseTestKey(key);
-  if (test?.stat !== "mean_accuracy") return;
+  if (!test) return;
+  steps.forEach((step, i) => addTableValue(test, step, values[i]));
+  if (test.stat !== "mean_accuracy") return;
   steps.forEach((step, i) => addAccuracyPoint(test.dataset, test.learner, step,
     values[i]));
 }
+
+// --- The meta-test table: mean accuracy before meta-training and at the
+// latest meta-test, and the latest last-100-step accuracy, as the CLI prints.
+
+const table = new Map(); // "dataset\tlearner" -> stat -> Map(step -> value)
+
+function addTableValue({ dataset, learner, stat }, step, value) {
+  const name = `${dataset}\t${learner}`;
+  if (!table.has(name)) table.set(name, new Map());
+  const byStat = table.get(name);
+  if (!byStat.has(stat)) byStat.set(stat, new Map());
+  byStat.get(stat).set(step, value);
+  redrawTable();
+}
+
+function firstAndLast(byStep) {
+  const steps = [...byStep.keys()].sort((a, b) => a - b);
+  return [steps[0], steps[steps.length - 1]];
+}
+
+const redrawTable = everyFrame(() => {
+  const body = document.querySelector("#meta-test-table tbody");
+  const rows = [];
+  let first = null;
+  let last = null;
+  const names = [...table.keys()].sort((a, b) => {
+    const [da, la] = a.split("\t");
+    const [db, lb] = b.split("\t");
+    return da.localeCompare(db) || LEARNERS.indexOf(la) - LEARNERS.indexOf(lb);
+  });
+  for (const name of names) {
+    const [dataset, learner] = name.split("\t");
+    const means = table.get(name).get("mean_accuracy");
+    if (!means) continue;
+    [first, last] = firstAndLast(means);
+    const last100 = table.get(name).get("last100_accuracy")?.get(last);
+    rows.push(el("tr", {}, el("td", {}, dataset), el("td", {}, learner),
+      el("td", {}, formatPercent(means.get(first))),
+      el("td", {}, formatPercent(means.get(last))),
+      el("td", {}, formatPercent(last100))));
+  }
+  body.replaceChildren(...rows);
+  document.getElementById("meta-test-table").hidden = rows.length === 0;
+  if (last !== null) {
+    document.getElementById("first-step-head").textContent =
+      `Mean, iteration ${first}`;
+    document.getElementById("last-step-head").textContent =
+      `Mean, iteration ${last}`;
+  }
+});
 
 function addPoints(points) {
   const byKey = new Map();

@@ -99,6 +99,8 @@ def test_launch_from_preset_watch_live_and_cancel(lab: Lab, chrome: Any) -> None
     wait(chrome, while_alive(lambda d: accuracy_points(d) >= 2))  # meta-tests too
     wait(chrome, lambda d: d.find_elements(By.CSS_SELECTOR, DIGITS_CURVES))
     assert chrome.find_element(By.ID, "run-logs").text
+    table = chrome.find_element(By.ID, "meta-test-table").text
+    assert all(learner in table for learner in ("vsml", "sgd", "adam")), table
 
     chrome.find_element(By.ID, "cancel-run").click()
     wait(chrome, lambda d: run_status(d) == "cancelled", timeout=30)
