@@ -207,3 +207,16 @@ def log_lines(
         .order_by(LogLine.seq).limit(limit)
     )  # fmt: skip
     return list(session.scalars(query))
+
+
+def recent_log_lines(
+    session: Session, run_id: int, limit: int, until_id: int
+) -> list[LogLine]:
+    """The newest `limit` lines with id <= `until_id`, oldest first."""
+    query = (
+        select(LogLine)
+        .where(LogLine.run_id == run_id, LogLine.id <= until_id)
+        .order_by(LogLine.seq.desc())
+        .limit(limit)
+    )
+    return list(reversed(session.scalars(query).all()))

@@ -100,3 +100,21 @@ def test_resolved_config_round_trips_through_yaml():
     loaded = cfg.load_config(["few-shot"])
     again = cfg.validate(cfg.read_yaml(cfg.to_yaml(loaded)))
     assert again == loaded
+
+
+def test_yaml_alias_bomb_is_refused():
+    """Anchors that expand to billions of values are refused, not expanded."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):  # each level holds ten of the one before: 10**9 values
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    with pytest.raises(cfg.ConfigError, match="anchors and aliases"):
+        cfg.read_yaml("\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    "text", ["seed: " + "9" * 5000, "name: " + "[" * 5000 + "]" * 5000]
+)
+def test_unreadable_yaml_is_a_config_error(text):
+    """Huge integers and deep nesting are config errors, not crashes."""
+    with pytest.raises(cfg.ConfigError, match="cannot be read"):
+        cfg.read_yaml(text)

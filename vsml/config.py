@@ -258,9 +258,24 @@ def resolve_config_path(name_or_path: str) -> Path:
     )
 
 
+MAX_CONFIG_VALUES = 100_000  # far more than any config; bounds YAML aliases
+
+
 def read_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
-    """Parse YAML into a mapping; errors name the line and column."""
+    """Parse YAML into a mapping; errors name the line and column.
+
+    Refuses documents whose anchors and aliases expand to more than
+    MAX_CONFIG_VALUES values (a kilobyte can stand for billions) and turns
+    what Python refuses (4,300-digit integers, nesting deeper than the
+    stack) into a ConfigError.
+    """
     try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_size(root) > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{source}: expands to more than {MAX_CONFIG_VALUES} values "
+                "through YAML anchors and aliases"
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -273,11 +288,38 @@ def read_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
             column=mark.column + 1 if mark else None,
         )
         raise ConfigError(message, [located]) from err
+    except (ValueError, RecursionError) as err:
+        raise ConfigError(f"{source}: cannot be read: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     return data
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values a YAML node tree stands for once aliases are expanded
+    (counting stops a little past MAX_CONFIG_VALUES)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = MAX_CONFIG_VALUES + 1  # an alias to itself: endless
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_VALUES:
+                break
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -340,13 +382,18 @@ def _describe(error: dict[str, Any]) -> Problem:
         return Problem(text, loc, suggestion=hint)
     if error["type"] == "value_error":
         return Problem(str(error["msg"]).removeprefix("Value error, "), loc)
-    return Problem(f"{where}={error.get('input')!r}: {error['msg']}", loc)
+    shown = repr(error.get("input"))
+    if len(shown) > 80:  # a huge value would drown the message
+        shown = shown[:77] + "..."
+    return Problem(f"{where}={shown}: {error['msg']}", loc)
 
 
 def validate(data: dict[str, Any]) -> ExperimentConfig:
     """Build a typed config; raises ConfigError naming every problem."""
     try:
         return ExperimentConfig.model_validate(data)
+    except RecursionError:
+        raise ConfigError("the config is nested too deeply to read") from None
     except ValidationError as err:
         problems = [_describe(e) for e in err.errors()]
         raise ConfigError("; ".join(p.message for p in problems), problems) from None
@@ -354,18 +401,19 @@ def validate(data: dict[str, Any]) -> ExperimentConfig:
 
 def validate_yaml(text: str) -> ExperimentConfig:
     """Validate a YAML document; each problem carries its line in `text`."""
+    data = read_yaml(text, source="config")
     try:
-        return validate(read_yaml(text, source="config"))
+        return validate(data)
     except ConfigError as err:
-        located = [_locate(text, p) for p in err.problems]
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        located = [_locate(root, p) for p in err.problems]
         raise ConfigError(str(err), located) from None
 
 
-def _locate(text: str, problem: Problem) -> Problem:
-    """Fill in the line and column of the key at `problem.loc` in `text`."""
+def _locate(node: yaml.Node | None, problem: Problem) -> Problem:
+    """Fill in the line and column of the key at `problem.loc` in the YAML."""
     if problem.line is not None or not problem.loc:
         return problem
-    node = yaml.compose(text)
     mark = None
     for part in problem.loc:
         if isinstance(node, yaml.MappingNode):

@@ -185,3 +185,12 @@ def test_snapshot_holds_everything_up_to_its_cursor(lab: Lab):
     assert snapshot["metrics"]["meta_loss"]["values"] == [1.0, 0.5]
     assert {row[0] for row in snapshot["curves"]["rows"]} == {10}
     assert [line[2] for line in snapshot["logs"]] == ["started"]
+
+
+def test_snapshot_carries_the_newest_log_lines(lab: Lab):
+    """Past 10,000 lines a snapshot keeps the newest, so none fall in a gap."""
+    run = lab.run()
+    lab.add_logs(run["id"], [f"line {i}" for i in range(10_005)])
+    snapshot = lab.client.get(f"/api/runs/{run['id']}/snapshot").json()
+    seqs = [line[0] for line in snapshot["logs"]]
+    assert seqs == list(range(5, 10_005))
