@@ -108,6 +108,30 @@ async def unexpected_error(request: Request, err: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error (see the server log)"}, 500)
 
 
+def mount_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's files from the installed swagger-ui-bundle."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(
+        "/docs-assets",
+        StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+        name="docs-assets",
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="VSML Lab API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
 def create_app(
     settings: Settings | None = None, celery: Callable[[], Celery] | None = None
 ) -> FastAPI:
@@ -117,7 +141,10 @@ def create_app(
         title="VSML Lab",
         summary="Meta-train VSML learners, watch them learn, compare runs.",
         version="0.1.0",
+        docs_url=None,  # served below from local files, not a CDN
+        redoc_url=None,
     )
+    mount_docs(app)
     app.state.settings = settings
     app.state.celery = celery or lru_cache(maxsize=1)(lambda: make_celery(settings))
     guarded: dict[str, Any] = {"dependencies": [Depends(require_token)]}
