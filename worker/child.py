@@ -1,16 +1,19 @@
 """The training process of one run: `python -m worker.child RUN_ID`.
 
 Started by `worker.supervisor`, in its own process group, so that a crash of
-the training cannot take the worker down. It re-reads the run, resumes from
-the run's latest checkpoint if there is one, trains with `DatabaseSink`, and
-writes `result.json` (status, error, traceback) for the supervisor. SIGTERM
-asks it to stop after the current iteration with a final checkpoint.
+the training cannot take the worker down; a run with distributed.world_size
+N > 1 is N of these under torchrun, rank 0 reporting. It re-reads the run,
+resumes from the run's latest checkpoint if there is one, trains with
+`DatabaseSink`, and writes `result.json` (status, error, traceback) for the
+supervisor. A `STOP` file in the run folder (or SIGTERM) asks it to stop
+after the current iteration with a final checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,6 +27,7 @@ from server.models import Run
 from worker.mirror import WandbMirror
 
 RESULT_FILE = "result.json"
+STOP_FILE = "STOP"
 logger = logging.getLogger("worker.child")
 
 
@@ -44,29 +48,57 @@ def load_run(url: str, run_id: int) -> tuple[dict[str, Any], Path]:
 
 def train(url: str, run_id: int, folder: Path, config_data: dict[str, Any]) -> str:
     """Meta-train the run; returns "succeeded" or "cancelled"."""
+    from vsml import distributed
     from vsml.cli import load_checkpoint
     from vsml.config import validate
-    from vsml.training import Trainer
+    from vsml.training import Callbacks, Trainer, resolve_device
     from worker.sink import DatabaseSink
 
+    config = validate(config_data)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    device = rank_device(resolve_device(config.training.device))
+    comm = distributed.from_environment(device, 60 * config.distributed.timeout_minutes)
     latest = folder / "checkpoints" / "latest.pt"
     checkpoint = load_checkpoint(latest) if latest.is_file() else None
-    if checkpoint is not None:
+    if checkpoint is not None and comm.is_main:
         logger.info("resuming from iteration %d", checkpoint["iteration"])
-    sink = DatabaseSink(
-        url, run_id, folder, stop, make_mirror(run_id, folder, config_data)
-    )
+    sink: Callbacks = Callbacks()
+    if comm.is_main:
+        sink = DatabaseSink(url, run_id, folder, stop, make_mirror(run_id, folder,
+                                                                   config_data),
+                            stop_file=folder / STOP_FILE)  # fmt: skip
     try:
-        trainer = Trainer(validate(config_data), sink, checkpoint)
-        logger.info("run %d: meta-training on %s", run_id, trainer.device)
+        trainer = Trainer(config, sink, checkpoint, comm)
+        logger.info("rank %d of %d: meta-training on %s", comm.rank,
+                    comm.world_size, trainer.device)  # fmt: skip
         summary = trainer.run()
     finally:
-        sink.close()
-    (folder / "summary.json").write_text(json.dumps(vars(summary), indent=2))
-    logger.info("run %d: stopped after %d iterations", run_id, summary.iterations)
+        if isinstance(sink, DatabaseSink):
+            sink.close()
+        comm.close()
+    if comm.is_main:
+        (folder / "summary.json").write_text(json.dumps(vars(summary), indent=2))
+        logger.info("run %d: stopped after %d iterations", run_id, summary.iterations)
     return "cancelled" if summary.cancelled else "succeeded"
+
+
+def rank_device(device: Any) -> Any:
+    """Under torchrun each local rank takes its own GPU."""
+    import torch
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and device.index is None:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return device
+
+
+def share_cores() -> None:
+    """Processes of one run on one host split its CPU cores between them."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local > 1 and "VSML_THREADS" not in os.environ:
+        os.environ["VSML_THREADS"] = str(max(1, (os.cpu_count() or 1) // local))
 
 
 def make_mirror(
@@ -85,9 +117,13 @@ def make_mirror(
 
 
 def main(argv: list[str]) -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(message)s"
-    )
+        level=logging.INFO, stream=sys.stdout,
+        format=f"%(asctime)s {prefix}%(message)s",
+    )  # fmt: skip
+    share_cores()
     run_id = int(argv[0])
     url = get_settings().resolved_database_url
     config_data, folder = load_run(url, run_id)
@@ -95,13 +131,16 @@ def main(argv: list[str]) -> int:
         status = train(url, run_id, folder, config_data)
     except BaseException as err:
         logger.exception("run %d failed", run_id)
+        if rank != 0:
+            return 1
         error = f"{type(err).__name__}: {err}"
         write_result(
             folder,
             {"status": "failed", "error": error, "traceback": traceback.format_exc()},
         )
         return 1
-    write_result(folder, {"status": status})
+    if rank == 0:
+        write_result(folder, {"status": status})
     return 0
 
 

@@ -151,8 +151,10 @@ class DatabaseSink(Callbacks):
         artifact_dir: Path,
         stop: threading.Event,
         mirror: WandbMirror | None = None,
+        stop_file: Path | None = None,
     ) -> None:
         self.run_id, self.artifact_dir, self.stop = run_id, artifact_dir, stop
+        self.stop_file = stop_file
         self.writer = BatchWriter(url, run_id)
         self.mirror = mirror
 
@@ -202,6 +204,8 @@ class DatabaseSink(Callbacks):
         logger.info("checkpoint at iteration %d written (%d bytes)", iteration, size)
 
     def should_stop(self) -> bool:
+        if self.stop_file is not None and self.stop_file.exists():
+            self.stop.set()
         return self.stop.is_set()
 
     def close(self) -> None:

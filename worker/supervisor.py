@@ -22,13 +22,13 @@ from server import records
 from server.config import Settings
 from server.db import session_scope
 from server.models import Run, RunStatus
-from worker.child import RESULT_FILE
+from worker.child import RESULT_FILE, STOP_FILE
 from worker.sink import Batch, BatchWriter
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN = threading.Event()  # set when the Celery worker is shutting down
-STOP_GRACE_S = 60.0  # after SIGTERM, how long a run may take to checkpoint
+STOP_GRACE_S = 60.0  # after a stop request, how long a run may take to stop
 
 
 def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
@@ -39,9 +39,10 @@ def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
         return "skipped"
     logger.info("run %d: started on %s", run_id, worker_name)
     (folder / RESULT_FILE).unlink(missing_ok=True)
-    child = start_child(run_id)
+    (folder / STOP_FILE).unlink(missing_ok=True)
+    child = start_child(run_id, world_size(url, run_id))
     pump = LogPump(url, run_id, child.stdout)
-    reason = watch(url, run_id, child, settings.cancel_poll_s)
+    reason = watch(url, run_id, child, folder, settings.cancel_poll_s)
     pump.join()
     status = finish(url, run_id, folder, child.returncode, reason)
     logger.info("run %d: %s", run_id, status)
@@ -63,10 +64,28 @@ def claim(url: str, run_id: int, worker_name: str) -> Path | None:
     return folder
 
 
-def start_child(run_id: int) -> subprocess.Popen[str]:
+def world_size(url: str, run_id: int) -> int:
+    with session_scope(url) as session:
+        run = session.get(Run, run_id)
+        config = run.config if run is not None else {}
+    return int(config.get("distributed", {}).get("world_size", 1))
+
+
+def child_command(run_id: int, processes: int) -> list[str]:
+    """One training process, or `processes` of them under torchrun."""
+    if processes <= 1:
+        return [sys.executable, "-m", "worker.child", str(run_id)]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={processes}", "--max-restarts=0",
+        "-m", "worker.child", str(run_id),
+    ]  # fmt: skip
+
+
+def start_child(run_id: int, processes: int = 1) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.child", str(run_id)],
+        child_command(run_id, processes),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         errors="replace", env=env, start_new_session=True,
     )  # fmt: skip
@@ -99,10 +118,14 @@ def _add_log(batch: Batch, row: dict) -> None:
     batch.logs.append(row)
 
 
-def watch(url: str, run_id: int, child: subprocess.Popen[str], poll_s: float) -> str:
+def watch(
+    url: str, run_id: int, child: subprocess.Popen[str], folder: Path, poll_s: float
+) -> str:
     """Wait for the child; stop it on a cancel or a worker shutdown.
 
-    Returns "" when it ended by itself, else "cancel" or "shutdown".
+    The stop request is a file the training's rank 0 looks for each
+    iteration (a signal would also hit torchrun, which treats it as a
+    failure). Returns "" when it ended by itself, else "cancel" or "shutdown".
     """
     reason, signalled_at = "", 0.0
     while child.poll() is None:
@@ -113,10 +136,10 @@ def watch(url: str, run_id: int, child: subprocess.Popen[str], poll_s: float) ->
                 reason = "shutdown"
             if reason:
                 logger.info("run %d: stopping (%s)", run_id, reason)
-                child.send_signal(signal.SIGTERM)
+                (folder / STOP_FILE).touch()
                 signalled_at = time.monotonic()
         elif time.monotonic() - signalled_at > STOP_GRACE_S:
-            logger.warning("run %d: no exit after SIGTERM, killing it", run_id)
+            logger.warning("run %d: no exit after a stop request, killing it", run_id)
             os.killpg(child.pid, signal.SIGKILL)
         time.sleep(poll_s)
     return reason

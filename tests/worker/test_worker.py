@@ -173,3 +173,25 @@ def test_failing_run_keeps_its_traceback(
     assert run["status"] == "failed"
     assert "kmnist" in run["error"]
     assert "Traceback" in run["traceback"]
+
+
+def test_two_process_run_trains_and_cancels(
+    client: TestClient, experiment_id: int
+) -> None:
+    """world_size 2 runs under torchrun; rank 0 reports, a cancel stops both."""
+    run_id = launch(client, experiment_id, "distributed.world_size=2")
+    run = wait_for(client, run_id, finished, timeout=120)
+    assert run["status"] == "succeeded", run["traceback"]
+    metrics = client.get(f"/api/runs/{run_id}/metrics?keys=meta_loss").json()
+    assert metrics["meta_loss"]["steps"] == list(range(1, 13))
+    logs = "\n".join(x["text"] for x in client.get(f"/api/runs/{run_id}/logs").json())
+    assert "rank 1 of 2" in logs and "rank 0 of 2" in logs
+
+    run_id = launch(
+        client, experiment_id, "distributed.world_size=2",
+        "training.num_iterations=1000000", "evaluation.every=100000",
+    )  # fmt: skip
+    wait_for(client, run_id, lambda r: r["iteration"] >= 2, timeout=120)
+    client.post(f"/api/runs/{run_id}/cancel")
+    run = wait_for(client, run_id, finished, timeout=30)
+    assert run["status"] == "cancelled", run["error"]
