@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, Select, cast, func, select, text
+from sqlalchemy import Float, Integer, Select, cast, func, select, text
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.orm import Session
 
@@ -93,15 +93,19 @@ def metric_series(
 ) -> dict[str, dict[str, list[Any]]]:
     """{key: {"steps": [...], "values": [...]}}, optionally downsampled."""
     series: dict[str, dict[str, list[Any]]] = {}
-    in_database = session.get_bind().dialect.name == "postgresql"
+    dialect = session.get_bind().dialect.name
     for key in keys if keys is not None else metric_keys(session, run_id):
         query = select(MetricPoint.step, MetricPoint.value).where(
             MetricPoint.run_id == run_id, MetricPoint.key == key
         )
         if until_id is not None:
-            query = query.where(MetricPoint.id <= until_id)
-        if max_points and in_database:
+            # "+ 0": the (run, key, step) index must serve this query; a bare
+            # id bound would make SQLite walk the run's (run, id) index.
+            query = query.where(MetricPoint.id + 0 <= until_id)
+        if max_points and dialect == "postgresql":
             steps, values = _downsampled_in_database(session, query, max_points)
+        elif max_points and dialect == "sqlite":
+            steps, values = _downsampled_in_sqlite(session, query, max_points)
         else:
             steps, values = _points(session, query.order_by(MetricPoint.step))
             if max_points:
@@ -158,6 +162,38 @@ def _downsampled_in_database(
     return steps, np.array([kept[s] for s in steps.tolist()], dtype=np.float64)
 
 
+def _downsampled_in_sqlite(
+    session: Session, query: Select, max_points: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`downsample(...)` of the series, computed by SQLite.
+
+    Three GROUP BY queries return each bucket's minimum, maximum and last
+    point. They lean on SQLite's documented "bare column" rule: beside a
+    single min() or max(), a plain column takes its value from the row that
+    holds it (the first such row in step order, as numpy's nanargmin picks).
+    """
+    points = query.subquery()
+    count, first, last = session.execute(
+        select(func.count(), func.min(points.c.step), func.max(points.c.step))
+    ).one()
+    if count <= max_points:
+        return _points(session, select(points).order_by(points.c.step))
+    scale = max(1, max_points // 3) / (float(last - first) + 1.0)
+    bucket = cast((points.c.step - first) * scale, Integer)
+    valid = points.c.value.is_not(None)
+    kept: dict[int, float] = {}
+    for aggregate in (func.min(points.c.value), func.max(points.c.value)):
+        rows = session.execute(
+            select(aggregate, points.c.step).where(valid).group_by(bucket)
+        )
+        kept.update((int(step), value) for value, step in rows)
+    newest = select(func.max(points.c.step), points.c.value).group_by(bucket)
+    kept.update((int(step), value) for step, value in session.execute(newest))
+    steps = np.array(sorted(kept), dtype=np.int64)
+    values = [np.nan if kept[s] is None else kept[s] for s in steps.tolist()]
+    return steps, np.array(values, dtype=np.float64)
+
+
 def _json_floats(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else float(v) for v in values.tolist()]
 
@@ -184,7 +220,7 @@ def curve_rows(
     if dataset is not None:
         query = query.where(CurvePoint.dataset == dataset)
     if until_id is not None:
-        query = query.where(CurvePoint.id <= until_id)
+        query = query.where(CurvePoint.id + 0 <= until_id)  # as in metric_series
     order = (CurvePoint.meta_step, CurvePoint.dataset, CurvePoint.learner,
              CurvePoint.inner_step)  # fmt: skip
     return [tuple(r) for r in session.execute(query.order_by(*order))]
@@ -195,7 +231,7 @@ def latest_meta_step(
 ) -> int | None:
     query = select(func.max(CurvePoint.meta_step)).where(CurvePoint.run_id == run_id)
     if until_id is not None:
-        query = query.where(CurvePoint.id <= until_id)
+        query = query.where(CurvePoint.id + 0 <= until_id)  # as in metric_series
     return session.scalar(query)
 
 

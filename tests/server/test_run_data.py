@@ -7,9 +7,12 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
 
 from server import queries, records
+from server.downsample import downsample
 from tests.server.conftest import Lab
 
 
@@ -79,6 +82,22 @@ def test_downsampled_metrics_keep_extremes_and_last_point(lab: Lab):
     assert kept[1234] == 9.0 and kept[2345] == -9.0
     assert kept[2999] == values[2999]
     assert all(values[step] == value for step, value in kept.items())
+
+
+@pytest.mark.parametrize("max_points", [3, 10, 61, 500])
+def test_database_downsampling_equals_the_reference(lab: Lab, max_points: int):
+    """The database's thinning equals server.downsample, ties and NULLs too."""
+    run = lab.run()
+    rng = np.random.default_rng(max_points)
+    steps = np.unique(rng.integers(0, 5000, 900))  # uneven gaps
+    values = rng.integers(0, 6, len(steps)).astype(float)  # many ties
+    values[rng.random(len(steps)) < 0.2] = np.nan  # stored as NULL
+    values[-1] = np.nan
+    lab.add_metrics(run["id"], "k", dict(zip(steps.tolist(), values.tolist())))
+    got = metrics(lab, run["id"], max_points=max_points)["k"]
+    want_steps, want_values = downsample(steps, values, max_points)
+    assert got["steps"] == want_steps.tolist()
+    assert got["values"] == [None if np.isnan(v) else v for v in want_values]
 
 
 def test_curves_latest_all_and_one_meta_step(lab: Lab):
