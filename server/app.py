@@ -97,10 +97,26 @@ async def http_error(_request: Request, err: Exception) -> JSONResponse:
 
 
 async def request_invalid(_request: Request, err: Exception) -> JSONResponse:
-    """422 listing each fault, without echoing the input (it may not be JSON)."""
+    """422 with one sentence naming each fault, and the faults as a list.
+
+    The input is never echoed (it may not even be valid JSON text).
+    """
     assert isinstance(err, RequestValidationError)
     errors = [{k: v for k, v in e.items() if k != "input"} for e in err.errors()]
-    return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    sentence = "; ".join(_fault(e) for e in errors)
+    body = {"detail": sentence, "errors": jsonable_encoder(errors)}
+    return AsciiJSONResponse(body, status_code=422)
+
+
+def _fault(error: dict[str, Any]) -> str:
+    """("query", "status") + message -> "query parameter 'status': message"."""
+    kind, *path = [str(part) for part in error.get("loc", ())] or ["request"]
+    name = ".".join(path)
+    where = {"query": "query parameter", "path": "path parameter",
+             "body": "body field", "header": "header"}.get(kind, kind)  # fmt: skip
+    return f"{where} {name!r}: {error.get('msg', 'invalid')}" if name else (
+        f"{where}: {error.get('msg', 'invalid')}"
+    )
 
 
 async def unexpected_error(request: Request, err: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from server.config import Settings, check_bind, get_settings
@@ -74,8 +75,8 @@ def serve(settings: Settings) -> None:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     check_bind(settings)
     prepare(settings)
-    command = worker_command(settings.queue)
-    worker = subprocess.Popen(command, env=settings_env(settings))
+    keeper = WorkerKeeper(worker_command(settings.queue), settings_env(settings))
+    worker = keeper.process
     broker = settings.broker_url or f"a folder queue in {settings.queue_dir}"
     print(
         f"VSML Lab is up: http://{settings.host}:{settings.port}/\n"
@@ -88,8 +89,31 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         serve(settings)
     finally:
-        stop_process(worker)
+        keeper.stop()
     return 0
+
+
+class WorkerKeeper:
+    """Starts the local worker and starts it again if it dies."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.command, self.env = command, env
+        self.stopping = threading.Event()
+        self.process = subprocess.Popen(command, env=env)
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(2.0):
+            if self.process.poll() is not None and not self.stopping.is_set():
+                logger.warning(
+                    "the local worker exited (status %s); starting it again",
+                    self.process.returncode,
+                )
+                self.process = subprocess.Popen(self.command, env=self.env)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        stop_process(self.process)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:

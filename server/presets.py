@@ -13,8 +13,14 @@ PRESET_TAG = "preset"
 
 
 def seed_presets(session: Session) -> list[str]:
-    """Create an experiment per preset whose name is not taken; returns them."""
+    """On a new lab, create an experiment per preset; returns their names.
+
+    A lab that has any experiment is left alone, so presets a user deleted do
+    not come back at the next start.
+    """
     taken = set(session.scalars(select(Experiment.name)))
+    if taken:
+        return []
     created = []
     for name in vcfg.preset_names():
         if name in taken:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -29,12 +30,28 @@ def _storable(text: str) -> str:
     return text
 
 
+def _single_line(text: str) -> str:
+    # Names and tags are labels: control and bidi-override characters in them
+    # would garble tables and could disguise one name as another.
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):
+        raise ValueError("must not contain control or formatting characters")
+    return text
+
+
+def _distinct(seeds: list[int] | None) -> list[int] | None:
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must not repeat (each seed is one run)")
+    return seeds
+
+
 Storable = AfterValidator(_storable)
+Label = AfterValidator(_single_line)
 UtcDatetime = Annotated[datetime, PlainSerializer(_iso_utc, return_type=str)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                        max_length=200), Storable]  # fmt: skip
+                                        max_length=200), Storable, Label]  # fmt: skip
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                       max_length=64), Storable]  # fmt: skip
+                                       max_length=64), Storable, Label]  # fmt: skip
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Description = Annotated[str, StringConstraints(max_length=20_000), Storable]
 Override = Annotated[str, StringConstraints(min_length=3, max_length=1000), Storable]
 
@@ -78,7 +95,7 @@ class ExperimentList(BaseModel):
 
 
 class RunLaunch(_Strict):
-    seeds: list[int] | None = Field(
+    seeds: Annotated[list[Seed] | None, AfterValidator(_distinct)] = Field(
         default=None, min_length=1, max_length=100,
         description="Seeds to launch, one run each; default: the config's seed.",
     )  # fmt: skip

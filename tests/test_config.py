@@ -118,3 +118,22 @@ def test_unreadable_yaml_is_a_config_error(text):
     """Huge integers and deep nesting are config errors, not crashes."""
     with pytest.raises(cfg.ConfigError, match="cannot be read"):
         cfg.read_yaml(text)
+
+
+def test_duplicate_yaml_key_is_refused_with_its_line():
+    """A section written twice is an error pointing at the second one."""
+    text = "training:\n  episode_length: 5\nmodel: {}\ntraining:\n  batch_size: 2\n"
+    with pytest.raises(cfg.ConfigError, match="appears twice") as caught:
+        cfg.validate_yaml(text)
+    assert caught.value.problems[0].line == 4
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.num_micro_ticks=1000000000000", "model.state_size=100000",
+     "training.episode_length=10000000000", "optimizer.population_size=100000"],
+)  # fmt: skip
+def test_absurd_sizes_are_refused_up_front(override):
+    """Sizes no machine could run are config errors, not run-time crashes."""
+    with pytest.raises(cfg.ConfigError):
+        cfg.load_config(["quick"], [override])

@@ -11,14 +11,13 @@ import difflib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     ValidationError,
     model_validator,
 )
@@ -44,6 +43,10 @@ class Problem:
         }
 
 
+ImageSide = Annotated[int, Field(ge=1, le=4096)]
+MAX_STATE_VALUES = 10**10  # 40 GB of float32 learner state: refuse beyond
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used, with a message a user can act on.
 
@@ -64,17 +67,20 @@ class _Section(BaseModel):
 
 
 class ConvLayerConfig(_Section):
-    channels: int = Field(8, ge=1)  # output channels (sub-RNNs per kernel entry)
-    kernel_size: int = Field(3, ge=1)  # square kernel, SAME padding
-    stride: int = Field(1, ge=1)
+    # output channels (sub-RNNs per kernel entry)
+    channels: int = Field(8, ge=1, le=4096)
+    kernel_size: int = Field(3, ge=1, le=64)  # square kernel, SAME padding
+    stride: int = Field(1, ge=1, le=64)
 
 
 class ModelConfig(_Section):
     hidden_layers: list[int] = []  # dense hidden sizes; [] is one input->output layer
     conv_layers: list[ConvLayerConfig] = []  # conv VSML layers before the dense ones
-    message_size: int = Field(8, ge=2)  # M: channels of forward/backward messages
-    state_size: int = Field(16, ge=2)  # S: hidden (and cell) size of each sub-LSTM
-    num_micro_ticks: int = Field(2, ge=1)  # K: LSTM updates per layer update
+    # M: channels of forward/backward messages
+    message_size: int = Field(8, ge=2, le=1024)
+    # S: hidden (and cell) size of each sub-LSTM
+    state_size: int = Field(16, ge=2, le=4096)
+    num_micro_ticks: int = Field(2, ge=1, le=64)  # K: LSTM updates per layer update
     output_index: int = Field(1, ge=0)  # forward-message channel read as the logit
     output_bound: float = Field(100.0, gt=0)  # logits bounded as b * tanh(x / b)
     feed_label: bool = True  # previous one-hot label in backward channel 1
@@ -96,9 +102,10 @@ class ModelConfig(_Section):
             raise ValueError(
                 "model.separate_backward_rnn needs model.backward_pass: true"
             )
-        if any(h < 1 for h in self.hidden_layers):
+        if any(not 1 <= h <= 100_000 for h in self.hidden_layers):
             raise ValueError(
-                f"model.hidden_layers={self.hidden_layers}: every size must be >= 1"
+                f"model.hidden_layers={self.hidden_layers}: every size must be "
+                "between 1 and 100000"
             )
         return self
 
@@ -112,38 +119,43 @@ class DatasetConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: list[DatasetConfig] = Field(
-        [DatasetConfig()], min_length=1
-    )  # meta-training datasets
-    image_size: tuple[PositiveInt, PositiveInt] = (28, 28)  # inputs resized to this
-    channels: int = Field(1, ge=1)  # inputs padded to this many channels
-    num_classes: int = Field(10, ge=2)  # class count padded to this
+    # meta-training datasets
+    train: list[DatasetConfig] = Field([DatasetConfig()], min_length=1)
+    image_size: tuple[ImageSide, ImageSide] = (28, 28)  # inputs resized to this
+    channels: int = Field(1, ge=1, le=64)  # inputs padded to this many channels
+    num_classes: int = Field(10, ge=2, le=100_000)  # class count padded to this
     data_dir: str | None = None  # IDX files; default $VSML_DATA_DIR or ./data
 
 
 class TrainingConfig(_Section):
-    episode_length: int = Field(100, ge=1)  # steps per meta-training episode
-    batch_size: int = Field(1, ge=1)  # examples per step (states merged if > 1)
+    # steps per meta-training episode
+    episode_length: int = Field(100, ge=1, le=1_000_000)
+    # examples per step (states merged if > 1)
+    batch_size: int = Field(1, ge=1, le=100_000)
     meta_loss: Literal["mean", "last"] = "mean"  # whole episode or last prediction
     num_iterations: int = Field(1000, ge=0, le=10**9)  # meta-iterations
     time_limit_minutes: float | None = Field(None, gt=0)  # stop early after this
-    few_shot_ways: int | None = Field(None, ge=2)  # classes per few-shot episode
+    # classes per few-shot episode
+    few_shot_ways: int | None = Field(None, ge=2, le=100_000)
     log_every: int = Field(10, ge=1)  # metrics every N iterations
     checkpoint_every: int = Field(100, ge=1)  # checkpoint every N iterations
-    member_chunk: int = Field(0, ge=0)  # members evaluated at once; 0 = all
+    # members evaluated at once; 0 = all
+    member_chunk: int = Field(0, ge=0, le=1_000_000)
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1"
 
 
 class OptimizerConfig(_Section):
     type: Literal["es", "backprop"] = "es"
-    population_size: int = Field(16, ge=1)  # ES: antithetic pairs; BP: trajectories
+    # ES: antithetic pairs; BP: trajectories
+    population_size: int = Field(16, ge=1, le=1_000_000)
     sigma: float = Field(0.05, gt=0)  # ES noise scale
     fitness_shaping: Literal["none", "centered_ranks"] = "none"  # ES loss transform
     learning_rate: float = Field(0.025, gt=0)  # Adam step size
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     clip_norm: float | None = Field(None, gt=0)  # global-norm clip of the update
-    checkpoint_segment: int = Field(10, ge=1)  # BP: steps between saved states
+    # BP: steps between saved states
+    checkpoint_segment: int = Field(10, ge=1, le=1_000_000)
 
 
 class EvaluationConfig(_Section):
@@ -152,13 +164,15 @@ class EvaluationConfig(_Section):
         min_length=1,
     )  # meta-test datasets (test split)
     every: int = Field(100, ge=1)  # meta-test every N iterations (and at the end)
-    num_episodes: int = Field(4, ge=1)  # fresh test episodes per dataset
-    episode_length: int = Field(2000, ge=1)  # inner steps per test episode
-    batch_size: int = Field(1, ge=1)
+    num_episodes: int = Field(4, ge=1, le=100_000)  # fresh test episodes per dataset
+    # inner steps per test episode
+    episode_length: int = Field(2000, ge=1, le=1_000_000)
+    batch_size: int = Field(1, ge=1, le=100_000)
     baselines: list[Literal["sgd", "adam"]] = ["sgd", "adam"]  # online MLPs
     sgd_learning_rate: float = Field(0.03, gt=0)  # best of 0.003-0.1 on MNIST
     adam_learning_rate: float = Field(0.001, gt=0)
-    baseline_hidden: int = Field(128, ge=1)  # hidden units of the baseline MLP
+    # hidden units of the baseline MLP
+    baseline_hidden: int = Field(128, ge=1, le=100_000)
 
 
 class RankDataConfig(_Section):
@@ -189,6 +203,7 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         self._check_distributed()
+        self._check_size()
         ways = self.training.few_shot_ways
         if ways is not None:
             if ways > self.data.num_classes:
@@ -205,6 +220,26 @@ class ExperimentConfig(_Section):
         if self.model.output_index >= self.model.message_size:
             raise ValueError("model.output_index must be below model.message_size")
         return self
+
+    def _check_size(self) -> None:
+        """Refuse dense learners whose states could never fit in memory."""
+        if self.model.conv_layers:
+            return  # conv output sizes need the network; checked when built
+        height, width = self.data.image_size
+        sizes = [height * width * self.data.channels, *self.model.hidden_layers,
+                 self.data.num_classes]  # fmt: skip
+        cells = sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
+        members = self.optimizer.population_size * (
+            2 if self.optimizer.type == "es" else 1
+        )
+        values = cells * self.model.state_size * 2 * members * self.training.batch_size
+        if values > MAX_STATE_VALUES:
+            raise ValueError(
+                f"the learner's states would hold {values:.3g} numbers "
+                f"({4 * values / 1e9:.0f} GB; at most {MAX_STATE_VALUES:.0e}): "
+                "shrink data.image_size, model.hidden_layers, model.state_size, "
+                "optimizer.population_size or training.batch_size"
+            )
 
     def _check_distributed(self) -> None:
         dist = self.distributed
@@ -276,6 +311,8 @@ def read_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
                 f"{source}: expands to more than {MAX_CONFIG_VALUES} values "
                 "through YAML anchors and aliases"
             )
+        if root is not None:
+            _refuse_duplicate_keys(root, source)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -288,6 +325,8 @@ def read_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
             column=mark.column + 1 if mark else None,
         )
         raise ConfigError(message, [located]) from err
+    except ConfigError:
+        raise
     except (ValueError, RecursionError) as err:
         raise ConfigError(f"{source}: cannot be read: {err}") from None
     if data is None:
@@ -295,6 +334,34 @@ def read_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     return data
+
+
+def _refuse_duplicate_keys(root: yaml.Node, source: str) -> None:
+    """A key written twice in one mapping is an error (YAML would keep the
+    last silently, so half of what the user wrote would be ignored)."""
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value in keys:
+                    mark = key.start_mark
+                    message = (
+                        f"{source}: key {key.value!r} appears twice in one "
+                        f"mapping (again at line {mark.line + 1}); merge them"
+                    )
+                    problem = Problem(message, line=mark.line + 1,
+                                      column=mark.column + 1)  # fmt: skip
+                    raise ConfigError(message, [problem])
+                keys.add(getattr(key, "value", ""))
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _expanded_size(root: yaml.Node) -> int:

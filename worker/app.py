@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 
 from server.config import get_settings
 from server.queue import make_celery
@@ -25,3 +25,15 @@ def _on_shutdown(**_: object) -> None:
 
     logger.info("worker shutting down: stopping the current run")
     supervisor.SHUTDOWN.set()
+
+
+@worker_ready.connect
+def _on_ready(sender: object = None, **_: object) -> None:
+    # Runs this worker held when it died go back to the queue; queued runs
+    # whose message was lost are sent again (worker.supervisor.recover).
+    from worker import supervisor
+
+    name = getattr(sender, "hostname", "") or ""
+    requeued = supervisor.recover(get_settings(), name)
+    if requeued:
+        logger.info("worker %s: (re)queued runs %s", name, requeued)

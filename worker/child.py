@@ -25,6 +25,7 @@ from server.config import get_settings
 from server.db import session_scope
 from server.models import Run
 from worker.mirror import WandbMirror
+from worker.orphan_guard import die_with_parent
 
 RESULT_FILE = "result.json"
 STOP_FILE = "STOP"
@@ -124,6 +125,8 @@ def main(argv: list[str]) -> int:
         format=f"%(asctime)s {prefix}%(message)s",
     )  # fmt: skip
     share_cores()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        die_with_parent()  # torchrun is our parent: go when it goes
     run_id = int(argv[0])
     url = get_settings().resolved_database_url
     config_data, folder = load_run(url, run_id)

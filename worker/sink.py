@@ -51,7 +51,10 @@ class BatchWriter:
 
     def __init__(self, url: str, run_id: int, interval: float = 0.2) -> None:
         self.url, self.run_id, self.interval = url, run_id, interval
-        self._queue: queue.Queue[Callable[[Batch], None] | None] = queue.Queue()
+        # Items: a change to the next batch, a flush request, or None (close).
+        self._queue: queue.Queue[Callable[[Batch], None] | threading.Event | None] = (
+            queue.Queue()
+        )
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"run-{run_id}-writer")  # fmt: skip
         self._thread.start()
@@ -67,23 +70,34 @@ class BatchWriter:
         if self._thread.is_alive():
             logger.error("run %d: gave up writing queued outputs", self.run_id)
 
+    def flush(self) -> None:
+        """Return once everything queued so far is in the database."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+
     def _loop(self) -> None:
         closing = False
         while not closing:
-            batch, closing = self._collect()
+            batch, closing, flushed = self._collect()
             if batch:
                 self._write_with_retry(batch)
+            if flushed is not None:
+                flushed.set()
 
-    def _collect(self) -> tuple[Batch, bool]:
+    def _collect(self) -> tuple[Batch, bool, threading.Event | None]:
+        """Gather until the interval ends, the writer closes or a flush."""
         batch = Batch()
         deadline = time.monotonic() + self.interval
         while True:
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                return batch, False
+                return batch, False, None
             if item is None:
-                return batch, True
+                return batch, True, None
+            if isinstance(item, threading.Event):
+                return batch, False, item
             item(batch)
 
     def _write_with_retry(self, batch: Batch) -> None:
@@ -110,6 +124,9 @@ class BatchWriter:
         run = session.get(Run, self.run_id)
         if run is None:  # deleted meanwhile; its rows went with it
             return
+        if batch.checkpoints:  # the last iteration may not have been logged
+            newest = max(iteration for iteration, _, _ in batch.checkpoints)
+            run.iteration = max(run.iteration, newest)
         if batch.progress is not None:
             records.update_progress(session, run, *batch.progress)
         if batch.accuracies:
@@ -194,6 +211,9 @@ class DatabaseSink(Callbacks):
             )  # fmt: skip
 
     def on_checkpoint(self, iteration: int, checkpoint: dict[str, Any]) -> None:
+        # Metrics first: a run resumed from this checkpoint will not produce
+        # the points before it again, so they must be stored already.
+        self.writer.flush()
         folder = self.artifact_dir / "checkpoints"
         path = folder / f"iter-{iteration:06d}.pt"
         atomic_save(checkpoint, path)

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy import select
+
 from server import records
 from server.config import Settings
 from server.db import session_scope
@@ -34,6 +36,11 @@ STOP_GRACE_S = 60.0  # after a stop request, how long a run may take to stop
 def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
     """Run `run_id` to its end; returns its final status."""
     url = settings.resolved_database_url
+    if SHUTDOWN.is_set():
+        # Taken while this worker stops: leave the run queued for the next
+        # worker (worker.app re-sends queued runs when a worker starts).
+        logger.info("run %d: worker shutting down, leaving it queued", run_id)
+        return "skipped"
     folder = claim(url, run_id, worker_name)
     if folder is None:
         return "skipped"
@@ -85,7 +92,8 @@ def child_command(run_id: int, processes: int) -> list[str]:
 def start_child(run_id: int, processes: int = 1) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        child_command(run_id, processes),
+        [sys.executable, "-m", "worker.orphan_guard", *child_command(run_id,
+                                                                       processes)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         errors="replace", env=env, start_new_session=True,
     )  # fmt: skip
@@ -167,7 +175,14 @@ def finish(url: str, run_id: int, folder: Path, code: int, reason: str) -> str:
     result = read_result(folder)
     status = result.get("status")
     fields: dict[str, str | None] = {}
-    if code != 0 or status not in ("succeeded", "cancelled"):
+    if reason == "cancel" and not result:
+        # It did not stop in time and was killed: cancelled, but say how.
+        status = "cancelled"
+        fields = {
+            "error": f"{_exit_reason(code)} after not stopping within "
+            f"{STOP_GRACE_S:.0f} s of the cancel (no final checkpoint)"
+        }
+    elif code != 0 or status not in ("succeeded", "cancelled"):
         status = "failed"
         error = result.get("error") or _exit_reason(code)
         fields = {"error": error, "traceback": result.get("traceback")}
@@ -195,3 +210,26 @@ def _exit_reason(code: int) -> str:
         name = signal.Signals(-code).name
         return f"the training process was killed by {name}"
     return f"the training process exited with status {code}"
+
+
+def recover(settings: Settings, worker_name: str) -> list[int]:
+    """At worker start: runs this worker held when it died go back to the
+    queue (they resume from their last checkpoint), and every queued run is
+    sent again, so that none waits for a message that was lost. A run is
+    claimed only once (`claim`), so extra messages are harmless."""
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        lost = session.scalars(
+            select(Run).where(
+                Run.status == RunStatus.running, Run.worker == worker_name
+            )
+        ).all()
+        for run in lost:
+            logger.warning("run %d: its worker died; back to the queue", run.id)
+            records.set_status(session, run, RunStatus.queued)
+        queued = list(
+            session.scalars(select(Run.id).where(Run.status == RunStatus.queued))
+        )
+    for run_id in queued:
+        requeue(run_id)
+    return queued

@@ -6,10 +6,10 @@ import json
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +20,7 @@ from server import records
 from server.deps import CeleryDep, SessionDep, SettingsDep
 from server.models import (
     ACTIVE_STATUSES,
+    MAX_DB_INT,
     Experiment,
     ExperimentTag,
     Run,
@@ -194,13 +195,20 @@ def store_experiment(session: Session, body: ExperimentCreate) -> ExperimentPubl
 
 
 @router.get("/experiments", response_model=ExperimentList)
-def list_experiments(session: SessionDep, tag: str | None = None) -> ExperimentList:
-    query = select(Experiment).order_by(Experiment.id.desc())
+def list_experiments(
+    session: SessionDep,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
+) -> ExperimentList:
+    """Newest first, optionally only those with `tag`."""
+    query = select(Experiment)
     if tag:
         query = query.join(ExperimentTag).where(ExperimentTag.tag == tag)
-    experiments = session.scalars(query).all()
-    items = [experiment_public(session, e) for e in experiments]
-    return ExperimentList(items=items, total=len(items))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = query.order_by(Experiment.id.desc()).limit(limit).offset(offset)
+    items = [experiment_public(session, e) for e in session.scalars(page)]
+    return ExperimentList(items=items, total=total)
 
 
 @router.get("/experiments/{experiment_id}", response_model=ExperimentPublic)
@@ -250,7 +258,13 @@ def resolved_configs(
     """The experiment's config with the overrides, once per seed."""
     base = vcfg.read_yaml(experiment.config_yaml)
     for text in body.overrides:
-        base = vcfg.deep_merge(base, vcfg.parse_override(text))
+        override = vcfg.parse_override(text)
+        if "seed" in override and body.seeds is not None:
+            raise HTTPException(
+                422, f"override {text!r} sets the seed, but seeds are given too: "
+                "use one of them",
+            )  # fmt: skip
+        base = vcfg.deep_merge(base, override)
     seeds = body.seeds if body.seeds is not None else [vcfg.validate(base).seed]
     return [vcfg.validate({**base, "seed": seed}) for seed in seeds]
 

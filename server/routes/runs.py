@@ -66,7 +66,7 @@ def list_runs(
     experiment_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INT)] = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> RunList:
     """Newest first, filtered by status, experiment and experiment tag."""
     query = select(Run)

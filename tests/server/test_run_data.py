@@ -93,7 +93,8 @@ def test_database_downsampling_equals_the_reference(lab: Lab, max_points: int):
     values = rng.integers(0, 6, len(steps)).astype(float)  # many ties
     values[rng.random(len(steps)) < 0.2] = np.nan  # stored as NULL
     values[-1] = np.nan
-    lab.add_metrics(run["id"], "k", dict(zip(steps.tolist(), values.tolist())))
+    points = dict(zip(steps.tolist(), values.tolist(), strict=True))
+    lab.add_metrics(run["id"], "k", points)
     got = metrics(lab, run["id"], max_points=max_points)["k"]
     want_steps, want_values = downsample(steps, values, max_points)
     assert got["steps"] == want_steps.tolist()

@@ -1,0 +1,95 @@
+"""A worker that dies or stops mid-run: the run resumes, its history stays clean."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.config import Settings
+from server.db import session_scope
+from server.migrate import upgrade
+from server.models import MetricPoint
+from tests.services import REDIS, fresh_postgres
+from tests.worker.test_worker import ROOT, TINY_YAML, finished, launch, wait_for
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    with fresh_postgres() as url:
+        upgrade(url)
+        yield Settings(
+            artifact_dir=tmp_path / "artifacts", database_url=url,
+            broker_url=REDIS, queue=f"test-{uuid.uuid4().hex[:8]}",
+        )  # fmt: skip
+
+
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "VSML_ARTIFACT_DIR": str(settings.artifact_dir),
+        "VSML_DATABASE_URL": settings.database_url,
+        "VSML_BROKER_URL": settings.broker_url,
+        "VSML_QUEUE": settings.queue,
+    }
+    with log.open("ab") as out:  # the worker keeps its own copy of the file
+        return subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "worker", "--name", "recovery@%h"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(30)
+
+
+def history(settings: Settings, run_id: int) -> list[int]:
+    with session_scope(settings.database_url) as session:
+        rows = session.query(MetricPoint.step).filter_by(run_id=run_id, key="meta_loss")
+        return sorted(step for (step,) in rows)  # fmt: skip
+
+
+LONG = ("training.num_iterations=60", "training.checkpoint_every=5",
+        "evaluation.every=1000")  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["kill -9", "warm stop"])
+def test_run_resumes_after_its_worker_goes(settings: Settings, how: str) -> None:
+    """Killed or stopped mid-run, the run resumes on the next worker and ends
+    with every meta-iteration recorded exactly once."""
+    client = TestClient(create_app(settings))
+    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    log = settings.artifact_dir.parent / "worker.log"
+    worker = start_worker(settings, log)
+    try:
+        run_id = launch(client, experiment.json()["id"], *LONG)
+        wait_for(client, run_id, lambda r: r["iteration"] >= 12, timeout=90)
+        if how == "kill -9":
+            worker.send_signal(signal.SIGKILL)
+        else:
+            worker.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+        worker.wait(60)
+        time.sleep(2)  # an orphaned training would keep writing meanwhile
+        before = history(settings, run_id)
+        time.sleep(2)
+        assert history(settings, run_id) == before  # the training died too
+        worker = start_worker(settings, log)
+        run = wait_for(client, run_id, finished, timeout=120)
+    finally:
+        stop(worker)
+    assert run["status"] == "succeeded", (run, log.read_text()[-3000:])
+    assert history(settings, run_id) == list(range(1, 61))
+    logs = [x["text"] for x in client.get(f"/api/runs/{run_id}/logs?limit=10000")
+            .json()]  # fmt: skip
+    assert any("resuming from iteration" in line for line in logs)
