@@ -114,8 +114,10 @@ def _fault(error: dict[str, Any]) -> str:
     name = ".".join(path)
     where = {"query": "query parameter", "path": "path parameter",
              "body": "body field", "header": "header"}.get(kind, kind)  # fmt: skip
-    return f"{where} {name!r}: {error.get('msg', 'invalid')}" if name else (
-        f"{where}: {error.get('msg', 'invalid')}"
+    return (
+        f"{where} {name!r}: {error.get('msg', 'invalid')}"
+        if name
+        else (f"{where}: {error.get('msg', 'invalid')}")
     )
 
 
