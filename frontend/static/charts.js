@@ -34,12 +34,19 @@ export function layout(xTitle, yTitle, extra = {}) {
   };
 }
 
+// Plotly renders a few HTML tags in trace names (<b>, <a href>, ...); names
+// come from users, so escape them: Plotly shows entities as plain characters.
+export function plotText(text) {
+  return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;");
+}
+
 export function learnerTrace(learner, x, y, extra = {}) {
   const style = LEARNER_STYLE[learner] || { color: "#444", dash: "solid" };
   return {
     type: "scatter",
     mode: "lines",
-    name: learner,
+    name: plotText(learner),
     x,
     y,
     line: { color: style.color, dash: style.dash, width: style.width ?? 1.5 },

@@ -1,6 +1,6 @@
 // Compare page: overlay chosen runs' meta-loss and meta-test accuracy, and a
 // table of each run's final meta-test accuracy per dataset.
-import { LEARNER_STYLE, PALETTE, draw, layout } from "./charts.js";
+import { LEARNER_STYLE, PALETTE, draw, layout, plotText } from "./charts.js";
 import {
   LEARNERS,
   api,
@@ -53,7 +53,7 @@ function finalAccuracy(metrics, dataset) {
 
 function drawLoss(entries) {
   const traces = entries.map(({ run, metrics }, i) => ({
-    type: "scatter", mode: "lines", name: label(run),
+    type: "scatter", mode: "lines", name: plotText(label(run)),
     x: metrics.meta_loss?.steps || [], y: metrics.meta_loss?.values || [],
     line: { color: PALETTE[i % PALETTE.length], width: 1.5 },
   }));
@@ -72,7 +72,7 @@ function runTraces(entry, index, dataset) {
       const vsml = learner === "vsml";
       return {
         type: "scatter", mode: vsml ? "lines+markers" : "lines",
-        name: vsml ? label(entry.run) : `${learner} #${entry.run.id}`,
+        name: plotText(vsml ? label(entry.run) : `${learner} #${entry.run.id}`),
         legendgroup: String(entry.run.id), showlegend: vsml,
         x: series.steps, y: series.values, opacity: vsml ? 1 : 0.6,
         line: { color, dash: LEARNER_STYLE[learner].dash, width: vsml ? 2 : 1 },

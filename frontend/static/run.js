@@ -241,8 +241,11 @@ const redrawTable = everyFrame(() => {
   body.replaceChildren(...rows);
   document.getElementById("meta-test-table").hidden = rows.length === 0;
   if (last !== null) {
-    document.getElementById("first-step-head").textContent =
-      `Mean, iteration ${first}`;
+    // One meta-test so far: one mean column, not the same one twice.
+    const firstHead = document.getElementById("first-step-head");
+    firstHead.hidden = first === last;
+    for (const row of rows) row.children[2].hidden = first === last;
+    firstHead.textContent = `Mean, iteration ${first}`;
     document.getElementById("last-step-head").textContent =
       `Mean, iteration ${last}`;
   }

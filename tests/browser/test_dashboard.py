@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -132,6 +133,16 @@ def test_user_text_is_shown_as_text(lab: Lab, chrome: Any) -> None:
     title = wait(chrome, lambda d: d.find_element(By.ID, "run-title").text)
     assert title.startswith(HTML_NAME)
     assert chrome.find_elements(By.CSS_SELECTOR, "main img") == []
+
+    # Plotly would render tags in legend names: they must show as text.
+    deadline = time.monotonic() + 60
+    while lab.call("GET", f"/api/runs/{run['id']}")["status"] != "succeeded":
+        assert time.monotonic() < deadline, "the 2-iteration run did not finish"
+        time.sleep(0.3)
+    chrome.get(f"{lab.url}/compare?runs={run['id']}")
+    legend = ".legendtext"
+    wait(chrome, lambda d: any(HTML_NAME in e.text for e in
+                               d.find_elements(By.CSS_SELECTOR, legend)))  # fmt: skip
     with pytest.raises(NoAlertPresentException):
         chrome.switch_to.alert.text  # noqa: B018 (reading it is the check)
     assert console_errors(chrome) == []
