@@ -75,7 +75,7 @@ def test_resume_continues_from_latest_checkpoint(tmp_path):
         (["train", "--set", "data.train=[{name: kmnist}]", "--out", "X"], "kmnist"),
         (["evaluate", "--checkpoint", "missing.pt"], "no checkpoint at"),
         (["evaluate", "--checkpoint", "GARBAGE"], "not a readable VSML checkpoint"),
-        (["train", "--set", "data.image_size=[0,0]", "--out", "X"], "greater than 0"),
+        (["train", "--set", "data.image_size=[0,0]", "--out", "X"], "equal to 1"),
         (["train", "--set", "optimizer.learning_rate=.inf", "--out", "X"], "finite"),
         (["train", *SETS, "--out", "GARBAGE"], "File exists"),
         (["train", "--out", "X", "--resume"], "nothing to resume"),
