@@ -123,9 +123,36 @@ async function launch(experiment, seedText, overrideText, note) {
   }
 }
 
+// The name shows this experiment's runs; Delete asks first (the API refuses
+// while runs are active and says so).
+function nameCell(experiment) {
+  const show = el("a", { href: `/?experiment_id=${experiment.id}`,
+    title: "show its runs" }, el("strong", {}, experiment.name));
+  const remove = el("button", { type: "button", className: "link delete",
+    title: "delete the experiment and its finished runs" }, "Delete");
+  const note = el("span", { className: "error note", role: "status" });
+  remove.addEventListener("click", () => deleteExperiment(experiment, note));
+  return el("td", {}, show, el("div", {}, remove, note));
+}
+
+async function deleteExperiment(experiment, note) {
+  const runs = Object.values(experiment.run_counts || {}).reduce((a, b) => a + b, 0);
+  const question = `Delete experiment "${experiment.name}"` +
+    (runs ? ` and its ${runs} run(s), with their checkpoints?` : "?");
+  if (!window.confirm(question)) return;
+  note.textContent = "";
+  try {
+    await api(`/api/experiments/${experiment.id}`, { method: "DELETE" });
+    await loadExperiments();
+    await loadRuns();
+  } catch (err) {
+    note.textContent = err.message;
+  }
+}
+
 function experimentRow(experiment) {
   return el("tr", { dataset: { experimentId: experiment.id } },
-    el("td", {}, el("strong", {}, experiment.name)),
+    nameCell(experiment),
     el("td", { className: "description" }, experiment.description),
     el("td", {}, tagList(experiment.tags)),
     el("td", { className: "counts" }, countsText(experiment.run_counts)),
@@ -134,7 +161,7 @@ function experimentRow(experiment) {
 }
 
 async function loadExperiments() {
-  const { items } = await api("/api/experiments");
+  const { items } = await api("/api/experiments?limit=500");
   const select = document.getElementById("filter-experiment");
   const chosen = select.value || new URLSearchParams(location.search)
     .get("experiment_id") || "";
@@ -153,7 +180,7 @@ function refreshCountsSoon() {
   if (countsTimer) return;
   countsTimer = setTimeout(async () => {
     countsTimer = null;
-    const { items } = await api("/api/experiments");
+    const { items } = await api("/api/experiments?limit=500");
     for (const experiment of items) {
       const row = document.querySelector(
         `tr[data-experiment-id="${experiment.id}"] td.counts`);

@@ -184,3 +184,17 @@ def test_token_is_asked_once(token_lab: Lab, chrome: Any) -> None:
     wait(chrome, lambda d: live.text == "live")
     assert chrome.current_url == token_lab.url + "/"
     assert console_errors(chrome) == []
+
+
+def test_experiment_is_deleted_from_the_runs_page(lab: Lab, chrome: Any) -> None:
+    """Delete asks for confirmation, then the experiment leaves the list."""
+    experiment = lab.call("POST", "/api/experiments",
+                          {"name": "to-delete", "config": "name: x\n"})  # fmt: skip
+    chrome.get(lab.url + "/")
+    row = f"tr[data-experiment-id='{experiment['id']}']"
+    button = wait(chrome, lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .delete"))
+    button.click()
+    chrome.switch_to.alert.accept()
+    wait(chrome, lambda d: not d.find_elements(By.CSS_SELECTOR, row))
+    names = [e["name"] for e in lab.call("GET", "/api/experiments")["items"]]
+    assert "to-delete" not in names
