@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     # Seconds between the worker's checks for a cancel request.
     cancel_poll_s: float = 0.5
+    # A training run's worker stamps it this often; a run unstamped for
+    # lost_after_s lost its worker and is re-queued, at most max_attempts
+    # starts in all (then it fails, naming each loss).
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    lost_after_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
     # Mirror runs to Weights & Biases ("", "online" or "offline").
     wandb_mode: str = ""
     wandb_project: str = "vsml-lab"

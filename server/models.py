@@ -115,6 +115,11 @@ class Run(Base):
     latest_loss: Mapped[float | None] = mapped_column(Float)
     best_accuracy: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     artifact_dir: Mapped[str] = mapped_column(String(1000), default="")
+    # Liveness: the supervising worker stamps this while the run trains; a
+    # run whose stamp is too old lost its worker (worker.supervisor.reap).
+    # attempts: how many times a worker started it.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 

@@ -120,6 +120,8 @@ class RunPublic(BaseModel):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     worker: str | None
+    attempts: int  # times a worker started it (lost runs are retried)
+    heartbeat_at: UtcDatetime | None  # last sign of life from its worker
     error: str | None
     traceback: str | None
     version: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from celery.signals import worker_ready, worker_shutting_down
 
@@ -37,3 +38,19 @@ def _on_ready(sender: object = None, **_: object) -> None:
     requeued = supervisor.recover(get_settings(), name)
     if requeued:
         logger.info("worker %s: (re)queued runs %s", name, requeued)
+    threading.Thread(target=_reap_forever, daemon=True, name="reaper").start()
+
+
+def _reap_forever() -> None:
+    """Every worker watches for runs whose worker went silent (any host)."""
+    from worker import supervisor
+
+    settings = get_settings()
+    while not supervisor.SHUTDOWN.wait(max(1.0, settings.lost_after_s / 2)):
+        try:
+            requeued = supervisor.reap(settings)
+        except Exception:  # the database may be restarting; try again later
+            logger.warning("could not look for lost runs", exc_info=True)
+            continue
+        if requeued:
+            logger.info("re-queued lost runs %s", requeued)

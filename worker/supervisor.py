@@ -15,15 +15,17 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from server import records
 from server.config import Settings
 from server.db import session_scope
-from server.models import Run, RunStatus
+from server.models import Run, RunStatus, utcnow
 from worker.child import RESULT_FILE, STOP_FILE
 from worker.sink import Batch, BatchWriter
 
@@ -49,8 +51,11 @@ def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
     (folder / STOP_FILE).unlink(missing_ok=True)
     child = start_child(run_id, world_size(url, run_id))
     pump = LogPump(url, run_id, child.stdout)
-    reason = watch(url, run_id, child, folder, settings.cancel_poll_s)
+    reason = watch(settings, run_id, worker_name, child, folder)
     pump.join()
+    if reason == "taken":  # re-queued as lost meanwhile: no longer ours
+        logger.warning("run %d: taken over while this worker was silent", run_id)
+        return "taken"
     status = finish(url, run_id, folder, child.returncode, reason)
     logger.info("run %d: %s", run_id, status)
     return status
@@ -65,7 +70,10 @@ def claim(url: str, run_id: int, worker_name: str) -> Path | None:
             logger.info("run %d: not queued (%s), skipping", run_id,
                         run.status if run else "deleted")  # fmt: skip
             return None
-        records.set_status(session, run, RunStatus.running, worker=worker_name)
+        records.set_status(
+            session, run, RunStatus.running, worker=worker_name,
+            heartbeat_at=utcnow(), attempts=run.attempts + 1,
+        )  # fmt: skip
         folder = Path(run.artifact_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -127,21 +135,28 @@ def _add_log(batch: Batch, row: dict) -> None:
 
 
 def watch(
-    url: str, run_id: int, child: subprocess.Popen[str], folder: Path, poll_s: float
+    settings: Settings,
+    run_id: int,
+    worker_name: str,
+    child: subprocess.Popen[str],
+    folder: Path,
 ) -> str:
-    """Wait for the child; stop it on a cancel or a worker shutdown.
+    """Wait for the child, stamping the run's heartbeat; stop it on a cancel,
+    a worker shutdown, or when the run was taken over (re-queued as lost).
 
     The stop request is a file the training's rank 0 looks for each
     iteration (a signal would also hit torchrun, which treats it as a
-    failure). Returns "" when it ended by itself, else "cancel" or "shutdown".
+    failure). Returns "" when it ended by itself, else "cancel", "shutdown"
+    or "taken".
     """
-    reason, signalled_at = "", 0.0
+    url = settings.resolved_database_url
+    reason, signalled_at, last_beat = "", 0.0, time.monotonic()
     while child.poll() is None:
+        beat = time.monotonic() - last_beat >= settings.heartbeat_s
+        state = check_in(url, run_id, worker_name, beat)
+        last_beat = time.monotonic() if beat else last_beat
         if not reason:
-            if cancel_requested(url, run_id):
-                reason = "cancel"
-            elif SHUTDOWN.is_set():
-                reason = "shutdown"
+            reason = state or ("shutdown" if SHUTDOWN.is_set() else "")
             if reason:
                 logger.info("run %d: stopping (%s)", run_id, reason)
                 (folder / STOP_FILE).touch()
@@ -149,18 +164,25 @@ def watch(
         elif time.monotonic() - signalled_at > STOP_GRACE_S:
             logger.warning("run %d: no exit after a stop request, killing it", run_id)
             os.killpg(child.pid, signal.SIGKILL)
-        time.sleep(poll_s)
+        time.sleep(settings.cancel_poll_s)
     return reason
 
 
-def cancel_requested(url: str, run_id: int) -> bool:
+def check_in(url: str, run_id: int, worker_name: str, beat: bool) -> str:
+    """ "cancel", "taken" (no longer running here) or ""; stamps if `beat`."""
     try:
         with session_scope(url) as session:
             run = session.get(Run, run_id)
-            return run is None or run.cancel_requested
+            if run is None or run.status != RunStatus.running:
+                return "taken" if run is not None else "cancel"
+            if run.worker != worker_name:
+                return "taken"
+            if beat:
+                run.heartbeat_at = utcnow()
+            return "cancel" if run.cancel_requested else ""
     except Exception:  # a database hiccup must not end the run
-        logger.warning("run %d: could not check for a cancel", run_id, exc_info=True)
-        return False
+        logger.warning("run %d: could not check in", run_id, exc_info=True)
+        return ""
 
 
 def read_result(folder: Path) -> dict:
@@ -225,11 +247,53 @@ def recover(settings: Settings, worker_name: str) -> list[int]:
             )
         ).all()
         for run in lost:
-            logger.warning("run %d: its worker died; back to the queue", run.id)
-            records.set_status(session, run, RunStatus.queued)
+            give_back(session, run, settings, "its worker restarted")
         queued = list(
             session.scalars(select(Run.id).where(Run.status == RunStatus.queued))
         )
     for run_id in queued:
         requeue(run_id)
     return queued
+
+
+def reap(settings: Settings) -> list[int]:
+    """Runs whose worker has been silent for lost_after_s go back to the
+    queue (or fail after max_attempts starts); returns those re-queued."""
+    url = settings.resolved_database_url
+    silent_since = utcnow() - timedelta(seconds=settings.lost_after_s)
+    with session_scope(url) as session:
+        lost = session.scalars(
+            select(Run)
+            .where(
+                Run.status == RunStatus.running,
+                or_(Run.heartbeat_at < silent_since, Run.heartbeat_at.is_(None)),
+            )
+            .with_for_update(skip_locked=True)
+        ).all()
+        requeued = [
+            run.id for run in lost
+            if give_back(session, run, settings,
+                         f"no heartbeat from {run.worker} for "
+                         f"{settings.lost_after_s:.0f} s")
+        ]  # fmt: skip
+    for run_id in requeued:
+        requeue(run_id)
+    return requeued
+
+
+def give_back(session: Session, run: Run, settings: Settings, why: str) -> bool:
+    """Re-queue a lost run, or fail it after max_attempts; True if re-queued."""
+    note = f"run lost on attempt {run.attempts}: {why}"
+    logger.warning("run %d: %s", run.id, note)
+    seq = records.next_log_seq(session, run.id)
+    records.add_log_rows(session, [{"run_id": run.id, "seq": seq,
+                                    "time": time.time(), "text": note}])  # fmt: skip
+    if run.attempts >= settings.max_attempts:
+        records.set_status(
+            session, run, RunStatus.failed,
+            error=f"lost {run.attempts} times (max_attempts "
+            f"{settings.max_attempts}); last: {why}",
+        )  # fmt: skip
+        return False
+    records.set_status(session, run, RunStatus.queued, worker=None)
+    return True

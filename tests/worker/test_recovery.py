@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from server.app import create_app
 from server.config import Settings
 from server.db import session_scope
 from server.migrate import upgrade
-from server.models import MetricPoint
+from server.models import MetricPoint, Run, utcnow
 from tests.services import REDIS, fresh_postgres
 from tests.worker.test_worker import ROOT, TINY_YAML, finished, launch, wait_for
 
@@ -33,13 +34,16 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
         )  # fmt: skip
 
 
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    settings: Settings, log: Path, **extra: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "VSML_ARTIFACT_DIR": str(settings.artifact_dir),
         "VSML_DATABASE_URL": settings.database_url,
         "VSML_BROKER_URL": settings.broker_url,
         "VSML_QUEUE": settings.queue,
+        **extra,
     }
     with log.open("ab") as out:  # the worker keeps its own copy of the file
         return subprocess.Popen(
@@ -93,3 +97,47 @@ def test_run_resumes_after_its_worker_goes(settings: Settings, how: str) -> None
     logs = [x["text"] for x in client.get(f"/api/runs/{run_id}/logs?limit=10000")
             .json()]  # fmt: skip
     assert any("resuming from iteration" in line for line in logs)
+
+
+def silent_run(settings: Settings, client: TestClient, attempts: int) -> int:
+    """A run that a vanished worker left "running" long ago."""
+    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    run_id = launch(client, experiment.json()["id"], "training.num_iterations=8")
+    with session_scope(settings.database_url) as session:
+        run = session.get(Run, run_id)
+        run.status, run.worker, run.attempts = "running", "ghost@elsewhere", attempts
+        run.heartbeat_at = utcnow() - timedelta(minutes=10)
+    return run_id
+
+
+FAST_REAPER = {"VSML_LOST_AFTER_S": "2", "VSML_HEARTBEAT_S": "0.3"}
+
+
+def test_run_of_a_silent_worker_is_requeued_and_finishes(settings: Settings) -> None:
+    """A run whose worker stopped beating goes back to the queue and ends."""
+    client = TestClient(create_app(settings))
+    run_id = silent_run(settings, client, attempts=1)
+    log = settings.artifact_dir.parent / "worker.log"
+    worker = start_worker(settings, log, **FAST_REAPER)
+    try:
+        run = wait_for(client, run_id, finished, timeout=90)
+    finally:
+        stop(worker)
+    assert run["status"] == "succeeded", (run, log.read_text()[-3000:])
+    assert history(settings, run_id) == list(range(1, 9))  # never reaped twice
+    logs = [x["text"] for x in client.get(f"/api/runs/{run_id}/logs").json()]
+    assert any("lost on attempt 1" in line for line in logs)
+
+
+def test_run_lost_too_often_fails_with_the_reason(settings: Settings) -> None:
+    """After max_attempts starts, a lost run fails instead of looping."""
+    client = TestClient(create_app(settings))
+    run_id = silent_run(settings, client, attempts=3)
+    worker = start_worker(settings, settings.artifact_dir.parent / "w.log",
+                          **FAST_REAPER)  # fmt: skip
+    try:
+        run = wait_for(client, run_id, finished, timeout=60)
+    finally:
+        stop(worker)
+    assert run["status"] == "failed"
+    assert "lost 3 times" in run["error"] and "ghost@elsewhere" in run["error"]
