@@ -68,6 +68,7 @@ bench: setup services
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.run_page
 	$(BIN)/python -m bench.push_latency
+	$(BIN)/python -m bench.scaling
 
 clean:
 	rm -rf $(VENV) runs lab .pytest_cache .ruff_cache
