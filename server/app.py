@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.config import Settings, get_settings
 from server.deps import require_token
 from server.queue import make_celery
-from server.routes import experiments, health, pages, runs, stream
+from server.routes import experiments, health, pages, runs, stream, workers
 from vsml.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def create_app(
     app.state.settings = settings
     app.state.celery = celery or lru_cache(maxsize=1)(lambda: make_celery(settings))
     guarded: dict[str, Any] = {"dependencies": [Depends(require_token)]}
-    for module in (experiments, runs, stream):
+    for module in (experiments, runs, workers, stream):
         app.include_router(module.router, **guarded)
     app.include_router(health.router)
     app.include_router(pages.router)

@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 from server.config import Settings, check_bind, get_settings
+from server.queue import worker_queues
 
 logger = logging.getLogger("vsml_lab")
 
@@ -53,6 +54,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["VSML_ARTIFACT_DIR"] = str(settings.artifact_dir.resolve())
     env["VSML_DATABASE_URL"] = settings.resolved_database_url
     env["VSML_QUEUE"] = settings.queue
+    env["VSML_WORKER_GPUS"] = str(settings.worker_gpus)
+    env["VSML_WORKER_CPU_RUNS"] = "1" if settings.worker_cpu_runs else "0"
     if settings.broker_url:
         env["VSML_BROKER_URL"] = settings.broker_url
     return env
@@ -72,10 +75,43 @@ def serve(settings: Settings) -> None:
     )  # fmt: skip
 
 
+def gpu_count(text: str) -> int:
+    """argparse type of --gpus: a whole number from 0."""
+    if not text.isdigit() or int(text) > 1024:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a GPU count (a whole number, 0 to 1024)"
+        )
+    return int(text)
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process can see (0 without torch or without CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_gpus(wanted: int) -> None:
+    have = visible_gpus()
+    if wanted > have:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise ValueError(
+            f"--gpus {wanted} but this host shows {have} CUDA device(s) "
+            f"(CUDA_VISIBLE_DEVICES={shown}); use --gpus {have} or fewer"
+        )
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     check_bind(settings)
     prepare(settings)
-    keeper = WorkerKeeper(worker_command(settings.queue), settings_env(settings))
+    # The laptop's one worker takes CPU runs and runs on any GPUs it has.
+    local = settings.model_copy(
+        update={"worker_gpus": visible_gpus(), "worker_cpu_runs": True}
+    )
+    queues = worker_queues(local.queue, local.worker_gpus, cpu_runs=True)
+    keeper = WorkerKeeper(worker_command(",".join(queues)), settings_env(local))
     worker = keeper.process
     broker = settings.broker_url or f"a folder queue in {settings.queue_dir}"
     print(
@@ -133,7 +169,15 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    command = worker_command(args.queues or settings.queue, args.name)
+    updates = {"worker_gpus": args.gpus, "worker_cpu_runs": args.cpu_runs}
+    settings = settings.model_copy(
+        update={k: v for k, v in updates.items() if v is not None}
+    )
+    check_gpus(settings.worker_gpus)
+    queues = args.queues or ",".join(
+        worker_queues(settings.queue, settings.worker_gpus, settings.worker_cpu_runs)
+    )
+    command = worker_command(queues, args.name)
     os.execvpe(command[0], command, settings_env(settings))
     return 0  # not reached
 
@@ -159,7 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--no-seed", action="store_true", help="do not add presets")
     api.set_defaults(func=cmd_api)
     worker = sub.add_parser("worker", help="a Celery worker for runs")
-    worker.add_argument("--queues", help="comma-separated (default VSML_QUEUE)")
+    worker.add_argument(
+        "--gpus", type=gpu_count, metavar="N",
+        help="GPUs this worker gives runs (VSML_WORKER_GPUS, default 0: CPU runs "
+        "only); it serves runs asking for 1..N GPUs",
+    )  # fmt: skip
+    worker.add_argument(
+        "--cpu-runs", action=argparse.BooleanOptionalAction, default=None,
+        help="a GPU worker also takes CPU runs (VSML_WORKER_CPU_RUNS)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--queues", help="comma-separated queues, instead of those --gpus implies"
+    )
     worker.add_argument("--name", default="worker@%h")
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="upgrade the schema").set_defaults(func=cmd_migrate)

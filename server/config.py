@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,6 +40,16 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=5.0, gt=0)
     lost_after_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    # Redis hands an unacknowledged run to another worker after this long;
+    # the run's claim makes such a second delivery a no-op (it is skipped).
+    broker_visibility_s: float = Field(default=7 * 24 * 3600, gt=0)
+    # What a worker gives its runs: GPUs (0: a CPU worker) and whether a
+    # GPU worker also takes CPU runs; see server.queue.worker_queues.
+    worker_gpus: int = Field(default=0, ge=0, le=1024)
+    worker_cpu_runs: bool = False
+    # The address other hosts reach this worker at, for runs over several
+    # hosts (the first host of a run listens there for the others).
+    node_address: str = Field(default_factory=socket.gethostname)
     # Mirror runs to Weights & Biases ("", "online" or "offline").
     wandb_mode: str = ""
     wandb_project: str = "vsml-lab"

@@ -120,8 +120,33 @@ class Run(Base):
     # attempts: how many times a worker started it.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Where it runs: the Celery queue it was sent to (CPU runs and runs
+    # asking for N GPUs go to different queues) and the devices its ranks
+    # reported, one "host device" entry per rank.
+    queue: Mapped[str | None] = mapped_column(String(200))
+    devices: Mapped[list[str] | None] = mapped_column(JSON)
+    # A run over several hosts: how many have joined this attempt, and the
+    # address the first one listens on for the others' rendezvous.
+    nodes_joined: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    rendezvous: Mapped[str | None] = mapped_column(String(300))
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
+
+
+class Worker(Base):
+    """A Celery worker as it last reported itself (every heartbeat_s)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    devices: Mapped[list[str]] = mapped_column(JSON, default=list)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class MetricPoint(Base):

@@ -29,8 +29,9 @@ def make_celery(settings: Settings) -> Celery:
         }
     else:
         broker = settings.broker_url
-        # A run can take days; the broker must not hand it out again meanwhile.
-        transport = {"visibility_timeout": 7 * 24 * 3600}
+        # A run can take days; the broker should not hand it out again
+        # meanwhile (and when it does, worker.supervisor.claim skips it).
+        transport = {"visibility_timeout": settings.broker_visibility_s}
     app = Celery("vsml_lab", broker=broker)
     app.conf.update(
         broker_transport_options=transport,
@@ -52,10 +53,33 @@ def default_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_run(app: Celery, run_id: int) -> None:
-    """Send the run to the queue; raises if the broker cannot be reached."""
-    app.send_task(
-        RUN_TASK, args=[run_id], queue=app.conf.task_default_queue,
-        retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                  "interval_step": 0.5, "interval_max": 1.0},
-    )  # fmt: skip
+def run_queue(base: str, gpus: int) -> str:
+    """CPU runs go to `base`; runs asking for G GPUs per host to `base.gpuG`,
+    which only workers with at least G GPUs serve (`worker_queues`)."""
+    return base if gpus <= 0 else f"{base}.gpu{gpus}"
+
+
+def run_nodes(config: dict) -> int:
+    """Hosts a run spans (its resolved config's distributed.nodes)."""
+    return int(config.get("distributed", {}).get("nodes", 1))
+
+
+def worker_queues(base: str, gpus: int, cpu_runs: bool) -> list[str]:
+    """The queues of a worker with `gpus` GPUs: every GPU count it can give,
+    and the CPU queue when it also takes CPU runs."""
+    queues = [run_queue(base, count) for count in range(1, gpus + 1)]
+    return [base, *queues] if cpu_runs or not gpus else queues
+
+
+def enqueue_run(
+    app: Celery, run_id: int, queue: str | None = None, copies: int = 1
+) -> None:
+    """Send the run to its queue, once per host it needs (each worker that
+    takes a copy joins the run as one node); raises if the broker cannot be
+    reached."""
+    for _ in range(copies):
+        app.send_task(
+            RUN_TASK, args=[run_id], queue=queue or app.conf.task_default_queue,
+            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                      "interval_step": 0.5, "interval_max": 1.0},
+        )  # fmt: skip

@@ -122,6 +122,8 @@ class RunPublic(BaseModel):
     worker: str | None
     attempts: int  # times a worker started it (lost runs are retried)
     heartbeat_at: UtcDatetime | None  # last sign of life from its worker
+    queue: str | None  # the Celery queue it was sent to (CPU or N-GPU runs)
+    devices: list[str]  # "host device" per training process, once started
     error: str | None
     traceback: str | None
     version: str
@@ -162,3 +164,19 @@ class Problem(BaseModel):
     suggestion: str | None = None
     line: int | None = None
     column: int | None = None
+
+
+class WorkerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    hostname: str
+    queues: list[str]
+    gpus: int
+    devices: list[str]
+    pid: int
+    started_at: UtcDatetime
+    heartbeat_at: UtcDatetime
+    stopped: bool  # it exited cleanly (a lost worker just stops beating)
+    online: bool  # beat within VSML_LOST_AFTER_S and not stopped
+    run_id: int | None  # the run it trains now (node 0 of a multi-host run)

@@ -188,6 +188,16 @@ class DistributedConfig(_Section):
     # Empty: every rank meta-trains on data.train.
     rank_data: list[RankDataConfig] = []
     timeout_minutes: float = Field(30, gt=0)  # a collective waiting longer fails
+    # Hosts the processes are spread over (world_size / nodes on each); a
+    # service run takes one worker per host.
+    nodes: int = Field(1, ge=1, le=1024)
+    # GPUs each host gives the run, one per process; 0: a CPU run. The
+    # service sends the run to a queue that only workers with them serve.
+    gpus: int = Field(0, ge=0, le=1024)
+
+    @property
+    def processes_per_node(self) -> int:
+        return self.world_size // self.nodes
 
 
 class ExperimentConfig(_Section):
@@ -255,6 +265,27 @@ class ExperimentConfig(_Section):
                 f"optimizer.population_size={self.optimizer.population_size} "
                 f"{unit} cannot be spread over distributed.world_size="
                 f"{dist.world_size} processes: each needs at least one"
+            )
+        self._check_placement()
+
+    def _check_placement(self) -> None:
+        dist = self.distributed
+        if dist.world_size % dist.nodes:
+            raise ValueError(
+                f"distributed.world_size={dist.world_size} processes do not "
+                f"split evenly over distributed.nodes={dist.nodes} hosts"
+            )
+        per_node = dist.processes_per_node
+        if dist.gpus not in (0, per_node):
+            raise ValueError(
+                f"distributed.gpus={dist.gpus} but each host runs {per_node} "
+                f"process(es), one per GPU: set gpus to 0 (CPU) or {per_node}"
+            )
+        if dist.gpus and self.training.device == "cpu":
+            raise ValueError(
+                f"distributed.gpus={dist.gpus} asks for GPUs but "
+                "training.device is 'cpu': set training.device to 'auto' or "
+                "'cuda', or distributed.gpus to 0"
             )
 
     def train_datasets(self, rank: int) -> list[DatasetConfig]:

@@ -49,6 +49,15 @@ class Comm:
         """Rank 0's integer everywhere (a stop decision, say)."""
         return code
 
+    def share_object(self, value: object) -> object:
+        """Rank 0's picklable value everywhere (a checkpoint that only rank
+        0's host has on disk, say)."""
+        return value
+
+    def gather_strings(self, text: str) -> list[str]:
+        """Every rank's string, in rank order (on every rank)."""
+        return [text]
+
     def close(self) -> None:
         """Leave the process group."""
 
@@ -82,6 +91,16 @@ class TorchComm(Comm):
         value = torch.tensor([code], dtype=torch.int64, device=self.device)
         dist.broadcast(value, src=0)
         return int(value.item())
+
+    def share_object(self, value: object) -> object:
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
+    def gather_strings(self, text: str) -> list[str]:
+        texts: list[str] = [""] * self.world_size
+        dist.all_gather_object(texts, text)
+        return texts
 
     def close(self) -> None:
         if dist.is_initialized():

@@ -9,6 +9,7 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from server.config import get_settings
 from server.queue import make_celery
+from worker import registry
 
 app = make_celery(get_settings())
 app.conf.include = ["worker.tasks"]
@@ -16,6 +17,7 @@ app.conf.include = ["worker.tasks"]
 app.conf.worker_concurrency = 1
 
 logger = logging.getLogger(__name__)
+NAME = [""]  # this worker's Celery node name, once it is ready
 
 
 @worker_shutting_down.connect
@@ -26,6 +28,10 @@ def _on_shutdown(**_: object) -> None:
 
     logger.info("worker shutting down: stopping the current run")
     supervisor.SHUTDOWN.set()
+    try:
+        registry.beat(get_settings(), NAME[0], stopped=True)
+    except Exception:  # the dashboard then shows it offline a little later
+        logger.warning("could not mark this worker stopped", exc_info=True)
 
 
 @worker_ready.connect
@@ -35,10 +41,27 @@ def _on_ready(sender: object = None, **_: object) -> None:
     from worker import supervisor
 
     name = getattr(sender, "hostname", "") or ""
-    requeued = supervisor.recover(get_settings(), name)
+    NAME[0] = name
+    settings = get_settings()
+    queues = sorted(app.amqp.queues.consume_from or [settings.queue])
+    registry.register(settings, name, queues)
+    requeued = supervisor.recover(settings, name)
     if requeued:
         logger.info("worker %s: (re)queued runs %s", name, requeued)
+    threading.Thread(target=_beat_forever, daemon=True, name="beat").start()
     threading.Thread(target=_reap_forever, daemon=True, name="reaper").start()
+
+
+def _beat_forever() -> None:
+    """Tell the dashboard this worker is online, every heartbeat_s."""
+    from worker import supervisor
+
+    settings = get_settings()
+    while not supervisor.SHUTDOWN.wait(settings.heartbeat_s):
+        try:
+            registry.beat(settings, NAME[0])
+        except Exception:  # the database may be restarting
+            logger.warning("could not stamp this worker online", exc_info=True)
 
 
 def _reap_forever() -> None:

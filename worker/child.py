@@ -5,8 +5,9 @@ the training cannot take the worker down; a run with distributed.world_size
 N > 1 is N of these under torchrun, rank 0 reporting. It re-reads the run,
 resumes from the run's latest checkpoint if there is one, trains with
 `DatabaseSink`, and writes `result.json` (status, error, traceback) for the
-supervisor. A `STOP` file in the run folder (or SIGTERM) asks it to stop
-after the current iteration with a final checkpoint.
+supervisor (a rank other than 0 that fails by its own error writes
+`error.rankN.json`). A `STOP` file in the run folder (or SIGTERM) asks it to
+stop after the current iteration with a final checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -32,11 +34,11 @@ STOP_FILE = "STOP"
 logger = logging.getLogger("worker.child")
 
 
-def write_result(folder: Path, result: dict[str, Any]) -> None:
+def write_result(folder: Path, result: dict[str, Any], name: str = RESULT_FILE) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{RESULT_FILE}.tmp"
+    tmp = folder / f".{name}.tmp"
     tmp.write_text(json.dumps(result))
-    tmp.replace(folder / RESULT_FILE)
+    tmp.replace(folder / name)
 
 
 def load_run(url: str, run_id: int) -> tuple[dict[str, Any], Path]:
@@ -48,24 +50,26 @@ def load_run(url: str, run_id: int) -> tuple[dict[str, Any], Path]:
 
 
 def train(url: str, run_id: int, folder: Path, config_data: dict[str, Any]) -> str:
-    """Meta-train the run; returns "succeeded" or "cancelled"."""
+    """Meta-train the run; returns "succeeded", "cancelled" (a stop request
+    or a time limit) or "interrupted" (SIGTERM, from torchrun when another
+    process of the run failed, or from an operator: the run is retried)."""
     from vsml import distributed
-    from vsml.cli import load_checkpoint
     from vsml.config import validate
     from vsml.training import Callbacks, Trainer, resolve_device
     from worker.sink import DatabaseSink
 
     config = validate(config_data)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop, terminated = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: (terminated.set(), stop.set()))
     device = rank_device(resolve_device(config.training.device))
     comm = distributed.from_environment(device, 60 * config.distributed.timeout_minutes)
-    latest = folder / "checkpoints" / "latest.pt"
-    checkpoint = load_checkpoint(latest) if latest.is_file() else None
-    if checkpoint is not None and comm.is_main:
-        logger.info("resuming from iteration %d", checkpoint["iteration"])
+    devices = comm.gather_strings(describe(device))
+    checkpoint = comm.share_object(latest_checkpoint(folder) if comm.is_main else None)
     sink: Callbacks = Callbacks()
     if comm.is_main:
+        record_devices(url, run_id, devices)
+        if checkpoint is not None:
+            logger.info("resuming from iteration %d", checkpoint["iteration"])
         sink = DatabaseSink(url, run_id, folder, stop, make_mirror(run_id, folder,
                                                                    config_data),
                             stop_file=folder / STOP_FILE)  # fmt: skip
@@ -81,7 +85,47 @@ def train(url: str, run_id: int, folder: Path, config_data: dict[str, Any]) -> s
     if comm.is_main:
         (folder / "summary.json").write_text(json.dumps(vars(summary), indent=2))
         logger.info("run %d: stopped after %d iterations", run_id, summary.iterations)
-    return "cancelled" if summary.cancelled else "succeeded"
+    if not summary.cancelled:
+        return "succeeded"
+    return "interrupted" if terminated.is_set() else "cancelled"
+
+
+def latest_checkpoint(folder: Path) -> dict[str, Any] | None:
+    from vsml.cli import load_checkpoint
+
+    latest = folder / "checkpoints" / "latest.pt"
+    return load_checkpoint(latest) if latest.is_file() else None
+
+
+def describe(device: Any) -> str:
+    """ "host device" of this process, for the run page."""
+    import torch
+
+    if device.type == "cuda":
+        name = f"{device} {torch.cuda.get_device_name(device)}"
+    else:
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    return f"{socket.gethostname()} {name}"
+
+
+def record_devices(url: str, run_id: int, devices: list[str]) -> None:
+    with session_scope(url) as session:
+        run = session.get(Run, run_id)
+        if run is not None:
+            run.devices = devices
+
+
+def is_comm_error(err: BaseException) -> bool:
+    """Whether `err` says another process of the run went away rather than
+    that this one hit a bug. Gloo and NCCL report a vanished peer as a plain
+    RuntimeError, so the message is all there is to go on."""
+    import torch.distributed as dist
+
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err).lower()
+    markers = ("gloo", "nccl", "connection", "timed out", "broken pipe", "socket")
+    return isinstance(err, RuntimeError) and any(m in text for m in markers)
 
 
 def rank_device(device: Any) -> Any:
@@ -130,17 +174,20 @@ def main(argv: list[str]) -> int:
     run_id = int(argv[0])
     url = get_settings().resolved_database_url
     config_data, folder = load_run(url, run_id)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         status = train(url, run_id, folder, config_data)
     except BaseException as err:
         logger.exception("run %d failed", run_id)
-        if rank != 0:
-            return 1
-        error = f"{type(err).__name__}: {err}"
-        write_result(
-            folder,
-            {"status": "failed", "error": error, "traceback": traceback.format_exc()},
-        )
+        result = {
+            "status": "failed", "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+            "retry": distributed and is_comm_error(err),
+        }  # fmt: skip
+        if rank == 0:
+            write_result(folder, result)
+        elif not result["retry"]:  # this rank's own bug: the run must fail
+            write_result(folder, result, f"error.rank{rank}.json")
         return 1
     if rank == 0:
         write_result(folder, {"status": status})

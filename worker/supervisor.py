@@ -11,13 +11,15 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -25,7 +27,8 @@ from sqlalchemy.orm import Session
 from server import records
 from server.config import Settings
 from server.db import session_scope
-from server.models import Run, RunStatus, utcnow
+from server.models import LogLine, Run, RunStatus, utcnow
+from server.queue import run_nodes
 from worker.child import RESULT_FILE, STOP_FILE
 from worker.sink import Batch, BatchWriter
 
@@ -35,73 +38,136 @@ SHUTDOWN = threading.Event()  # set when the Celery worker is shutting down
 STOP_GRACE_S = 60.0  # after a stop request, how long a run may take to stop
 
 
+@dataclass
+class Placement:
+    """This worker's part of one attempt of a run."""
+
+    folder: Path
+    attempt: int  # the run's attempts count when this worker joined
+    node_rank: int = 0  # which host of the run this is (0 reports)
+    nodes: int = 1
+    processes: int = 1  # training processes on this host
+    gpus: int = 0  # GPUs on this host; 0 hides them from the training
+    rendezvous: str | None = None  # "address:port" of node 0, nodes > 1
+
+
 def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
-    """Run `run_id` to its end; returns its final status."""
+    """Run `run_id` (or this host's part of it) to its end; returns how it
+    ended for this worker."""
     url = settings.resolved_database_url
     if SHUTDOWN.is_set():
         # Taken while this worker stops: leave the run queued for the next
         # worker (worker.app re-sends queued runs when a worker starts).
         logger.info("run %d: worker shutting down, leaving it queued", run_id)
         return "skipped"
-    folder = claim(url, run_id, worker_name)
-    if folder is None:
+    placement = claim(settings, run_id, worker_name)
+    if placement is None:
         return "skipped"
-    logger.info("run %d: started on %s", run_id, worker_name)
-    (folder / RESULT_FILE).unlink(missing_ok=True)
-    (folder / STOP_FILE).unlink(missing_ok=True)
-    child = start_child(run_id, world_size(url, run_id))
-    pump = LogPump(url, run_id, child.stdout)
-    reason = watch(settings, run_id, worker_name, child, folder)
-    pump.join()
+    logger.info("run %d: node %d of %d started on %s", run_id, placement.node_rank,
+                placement.nodes, worker_name)  # fmt: skip
+    child = start_child(run_id, placement)
+    pump = LogPump(url, run_id, child.stdout) if placement.node_rank == 0 else None
+    reason = watch(settings, run_id, placement, child)
+    if pump is not None:
+        pump.join()
+    else:  # other hosts' output stays in their worker's own log
+        for line in child.stdout or []:
+            logger.info("run %d node %d: %s", run_id, placement.node_rank,
+                        line.rstrip())  # fmt: skip
     if reason == "taken":  # re-queued as lost meanwhile: no longer ours
         logger.warning("run %d: taken over while this worker was silent", run_id)
         return "taken"
-    status = finish(url, run_id, folder, child.returncode, reason)
+    if placement.node_rank:
+        return f"node {placement.node_rank} ended ({_exit_reason(child.returncode)})"
+    status = finish(settings, run_id, placement.folder, child.returncode, reason)
     logger.info("run %d: %s", run_id, status)
     return status
 
 
-def claim(url: str, run_id: int, worker_name: str) -> Path | None:
-    """Mark a queued run as running here; None if it is not ours to run."""
-    with session_scope(url) as session:
+def claim(settings: Settings, run_id: int, worker_name: str) -> Placement | None:
+    """Mark a queued run as running here (node 0), or join a running run
+    that still waits for hosts; None if it is not ours to run."""
+    with session_scope(settings.resolved_database_url) as session:
         run = session.get(Run, run_id, with_for_update=True)
-        if run is None or run.status != RunStatus.queued:
+        placement = _place(settings, run, worker_name) if run else None
+        if placement is None:
             # Cancelled before it started, deleted, or delivered twice.
-            logger.info("run %d: not queued (%s), skipping", run_id,
+            logger.info("run %d: not for this worker (%s), skipping", run_id,
                         run.status if run else "deleted")  # fmt: skip
             return None
+    if placement.node_rank == 0:
+        placement.folder.mkdir(parents=True, exist_ok=True)
+        for stale in (RESULT_FILE, STOP_FILE):
+            (placement.folder / stale).unlink(missing_ok=True)
+        for stale in placement.folder.glob("error.rank*.json"):
+            stale.unlink(missing_ok=True)
+    return placement
+
+
+def _place(settings: Settings, run: Run, worker_name: str) -> Placement | None:
+    dist = run.config.get("distributed", {})
+    nodes = int(dist.get("nodes", 1))
+    placement = Placement(
+        folder=Path(run.artifact_dir), attempt=run.attempts + 1, nodes=nodes,
+        processes=int(dist.get("world_size", 1)) // nodes,
+        gpus=int(dist.get("gpus", 0)),
+    )  # fmt: skip
+    if run.status == RunStatus.queued:
+        placement.rendezvous = (
+            f"{settings.node_address}:{free_port()}" if nodes > 1 else None
+        )
         records.set_status(
-            session, run, RunStatus.running, worker=worker_name,
-            heartbeat_at=utcnow(), attempts=run.attempts + 1,
+            session_of(run), run, RunStatus.running, worker=worker_name,
+            heartbeat_at=utcnow(), attempts=placement.attempt, nodes_joined=1,
+            rendezvous=placement.rendezvous, devices=None,
         )  # fmt: skip
-        folder = Path(run.artifact_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+        return placement
+    # Node 0 claimed it (nodes_joined >= 1) and waits for the other hosts.
+    joining = run.status == RunStatus.running and 0 < run.nodes_joined < nodes
+    if not joining or run.cancel_requested:
+        return None
+    placement.attempt, placement.node_rank = run.attempts, run.nodes_joined
+    placement.rendezvous = run.rendezvous
+    run.nodes_joined += 1
+    return placement
 
 
-def world_size(url: str, run_id: int) -> int:
-    with session_scope(url) as session:
-        run = session.get(Run, run_id)
-        config = run.config if run is not None else {}
-    return int(config.get("distributed", {}).get("world_size", 1))
+def session_of(run: Run) -> Session:
+    session = Session.object_session(run)
+    assert session is not None  # runs here are always loaded in a session
+    return session
 
 
-def child_command(run_id: int, processes: int) -> list[str]:
-    """One training process, or `processes` of them under torchrun."""
-    if processes <= 1:
-        return [sys.executable, "-m", "worker.child", str(run_id)]
+def free_port() -> int:
+    """A TCP port free on this host now, for node 0's rendezvous store."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
+
+
+def child_command(run_id: int, placement: Placement) -> list[str]:
+    """One training process, or several under torchrun (over hosts too)."""
+    train = ["-m", "worker.child", str(run_id)]
+    if placement.nodes == 1 and placement.processes == 1:
+        return [sys.executable, *train]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--max-restarts=0",
+              f"--nproc-per-node={placement.processes}"]  # fmt: skip
+    if placement.nodes == 1:
+        return [*launch, "--standalone", *train]
+    address, port = (placement.rendezvous or "").rsplit(":", 1)
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={processes}", "--max-restarts=0",
-        "-m", "worker.child", str(run_id),
+        *launch, f"--nnodes={placement.nodes}", f"--node-rank={placement.node_rank}",
+        f"--master-addr={address}", f"--master-port={port}", *train,
     ]  # fmt: skip
 
 
-def start_child(run_id: int, processes: int = 1) -> subprocess.Popen[str]:
+def start_child(run_id: int, placement: Placement) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if not placement.gpus:  # a CPU run leaves this host's GPUs to GPU runs
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.orphan_guard", *child_command(run_id,
-                                                                       processes)],
+        [sys.executable, "-m", "worker.orphan_guard",
+         *child_command(run_id, placement)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         errors="replace", env=env, start_new_session=True,
     )  # fmt: skip
@@ -137,12 +203,12 @@ def _add_log(batch: Batch, row: dict) -> None:
 def watch(
     settings: Settings,
     run_id: int,
-    worker_name: str,
+    placement: Placement,
     child: subprocess.Popen[str],
-    folder: Path,
 ) -> str:
-    """Wait for the child, stamping the run's heartbeat; stop it on a cancel,
-    a worker shutdown, or when the run was taken over (re-queued as lost).
+    """Wait for the child, stamping the run's heartbeat (node 0); stop it on
+    a cancel, a worker shutdown, or when the run was taken over (re-queued
+    as lost, or its attempt ended on another host).
 
     The stop request is a file the training's rank 0 looks for each
     iteration (a signal would also hit torchrun, which treats it as a
@@ -152,14 +218,18 @@ def watch(
     url = settings.resolved_database_url
     reason, signalled_at, last_beat = "", 0.0, time.monotonic()
     while child.poll() is None:
-        beat = time.monotonic() - last_beat >= settings.heartbeat_s
-        state = check_in(url, run_id, worker_name, beat)
+        beat = placement.node_rank == 0 and (
+            time.monotonic() - last_beat >= settings.heartbeat_s
+        )
+        state = check_in(url, run_id, placement.attempt, beat)
         last_beat = time.monotonic() if beat else last_beat
+        if state == "taken" and placement.node_rank:
+            os.killpg(child.pid, signal.SIGKILL)  # node 0 decides what is kept
         if not reason:
             reason = state or ("shutdown" if SHUTDOWN.is_set() else "")
             if reason:
                 logger.info("run %d: stopping (%s)", run_id, reason)
-                (folder / STOP_FILE).touch()
+                (placement.folder / STOP_FILE).touch()
                 signalled_at = time.monotonic()
         elif time.monotonic() - signalled_at > STOP_GRACE_S:
             logger.warning("run %d: no exit after a stop request, killing it", run_id)
@@ -168,14 +238,14 @@ def watch(
     return reason
 
 
-def check_in(url: str, run_id: int, worker_name: str, beat: bool) -> str:
-    """ "cancel", "taken" (no longer running here) or ""; stamps if `beat`."""
+def check_in(url: str, run_id: int, attempt: int, beat: bool) -> str:
+    """ "cancel", "taken" (this attempt is over) or ""; stamps if `beat`."""
     try:
         with session_scope(url) as session:
             run = session.get(Run, run_id)
-            if run is None or run.status != RunStatus.running:
-                return "taken" if run is not None else "cancel"
-            if run.worker != worker_name:
+            if run is None:
+                return "cancel"
+            if run.status != RunStatus.running or run.attempts != attempt:
                 return "taken"
             if beat:
                 run.heartbeat_at = utcnow()
@@ -192,39 +262,72 @@ def read_result(folder: Path) -> dict:
         return {}
 
 
-def finish(url: str, run_id: int, folder: Path, code: int, reason: str) -> str:
-    """Record how the run ended; a worker shutdown puts it back in the queue."""
-    result = read_result(folder)
-    status = result.get("status")
-    fields: dict[str, str | None] = {}
-    if reason == "cancel" and not result:
-        # It did not stop in time and was killed: cancelled, but say how.
-        status = "cancelled"
-        fields = {
-            "error": f"{_exit_reason(code)} after not stopping within "
-            f"{STOP_GRACE_S:.0f} s of the cancel (no final checkpoint)"
-        }
-    elif code != 0 or status not in ("succeeded", "cancelled"):
-        status = "failed"
-        error = result.get("error") or _exit_reason(code)
-        fields = {"error": error, "traceback": result.get("traceback")}
-    if reason == "shutdown" and status == "cancelled":
-        status = "queued"  # stopped with a checkpoint; resumes on the next worker
-    with session_scope(url) as session:
+def finish(settings: Settings, run_id: int, folder: Path, code: int,
+           reason: str) -> str:  # fmt: skip
+    """Record how the run ended. A crash, a kill or a lost peer process is
+    retried (`give_back`); an error of the training itself fails the run;
+    a worker shutdown puts it back in the queue."""
+    status, fields = outcome(folder, code, reason)
+    with session_scope(settings.resolved_database_url) as session:
         run = session.get(Run, run_id)
         if run is None:
             return "deleted"
-        records.set_status(session, run, RunStatus(status), **fields)
+        if status == "lost":
+            requeued = give_back(session, run, settings, fields["error"] or "")
+            status = "queued" if requeued else "failed"
+        elif status == "queued":  # a warm stop is not the run's fault
+            records.set_status(session, run, RunStatus.queued, worker=None,
+                               attempts=max(0, run.attempts - 1))  # fmt: skip
+        else:
+            records.set_status(session, run, RunStatus(status), **fields)
+        queue, copies = run.queue, run_nodes(run.config)
     if status == "queued":
-        requeue(run_id)
+        requeue(run_id, queue, copies)
     return status
 
 
-def requeue(run_id: int) -> None:
+def outcome(folder: Path, code: int, reason: str) -> tuple[str, dict[str, Any]]:
+    """(status, fields) from the child's exit and result files; status
+    "lost" means: retry it if attempts remain."""
+    result = read_result(folder)
+    status = result.get("status")
+    if code == 0 and status == "succeeded":
+        return status, {}
+    if reason == "shutdown":
+        return "queued", {}
+    if reason == "cancel" and not result:
+        # It did not stop in time and was killed: cancelled, but say how.
+        return "cancelled", {
+            "error": f"{_exit_reason(code)} after not stopping within "
+            f"{STOP_GRACE_S:.0f} s of the cancel (no final checkpoint)"
+        }
+    if code == 0 and status in ("succeeded", "cancelled"):
+        return status, {}
+    own = rank_errors(folder)
+    if status == "failed" and not result.get("retry") or own:
+        failed = own or result
+        return "failed", {"error": failed.get("error") or _exit_reason(code),
+                          "traceback": failed.get("traceback")}  # fmt: skip
+    if status == "interrupted":
+        return "lost", {"error": "the training was terminated (SIGTERM)"}
+    return "lost", {"error": result.get("error") or _exit_reason(code)}
+
+
+def rank_errors(folder: Path) -> dict:
+    """The first error another rank wrote about itself (not about a peer)."""
+    for path in sorted(folder.glob("error.rank*.json")):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+def requeue(run_id: int, queue: str | None = None, copies: int = 1) -> None:
     from server.queue import enqueue_run
     from worker.app import app
 
-    enqueue_run(app, run_id)
+    enqueue_run(app, run_id, queue, copies)
 
 
 def _exit_reason(code: int) -> str:
@@ -248,12 +351,15 @@ def recover(settings: Settings, worker_name: str) -> list[int]:
         ).all()
         for run in lost:
             give_back(session, run, settings, "its worker restarted")
-        queued = list(
-            session.scalars(select(Run.id).where(Run.status == RunStatus.queued))
-        )
-    for run_id in queued:
-        requeue(run_id)
-    return queued
+        queued = [
+            (run.id, run.queue, run_nodes(run.config))
+            for run in session.scalars(
+                select(Run).where(Run.status == RunStatus.queued)
+            )
+        ]
+    for run_id, queue, copies in queued:
+        requeue(run_id, queue, copies)
+    return [run_id for run_id, _, _ in queued]
 
 
 def reap(settings: Settings) -> list[int]:
@@ -271,29 +377,40 @@ def reap(settings: Settings) -> list[int]:
             .with_for_update(skip_locked=True)
         ).all()
         requeued = [
-            run.id for run in lost
+            (run.id, run.queue, run_nodes(run.config)) for run in lost
             if give_back(session, run, settings,
                          f"no heartbeat from {run.worker} for "
                          f"{settings.lost_after_s:.0f} s")
         ]  # fmt: skip
-    for run_id in requeued:
-        requeue(run_id)
-    return requeued
+    for run_id, queue, copies in requeued:
+        requeue(run_id, queue, copies)
+    return [run_id for run_id, _, _ in requeued]
+
+
+LOST_NOTE = "run lost on attempt"
 
 
 def give_back(session: Session, run: Run, settings: Settings, why: str) -> bool:
-    """Re-queue a lost run, or fail it after max_attempts; True if re-queued."""
-    note = f"run lost on attempt {run.attempts}: {why}"
+    """Re-queue a lost run, or fail it after max_attempts, naming what ended
+    each attempt; True if re-queued."""
+    note = f"{LOST_NOTE} {run.attempts}: {why}"
     logger.warning("run %d: %s", run.id, note)
     seq = records.next_log_seq(session, run.id)
     records.add_log_rows(session, [{"run_id": run.id, "seq": seq,
                                     "time": time.time(), "text": note}])  # fmt: skip
     if run.attempts >= settings.max_attempts:
+        history = session.scalars(
+            select(LogLine.text)
+            .where(LogLine.run_id == run.id, LogLine.text.startswith(LOST_NOTE))
+            .order_by(LogLine.seq)
+        ).all()
+        attempts = "; ".join(text.removeprefix("run lost on ") for text in history)
         records.set_status(
             session, run, RunStatus.failed,
             error=f"lost {run.attempts} times (max_attempts "
-            f"{settings.max_attempts}); last: {why}",
+            f"{settings.max_attempts}): {attempts}",
         )  # fmt: skip
         return False
-    records.set_status(session, run, RunStatus.queued, worker=None)
+    records.set_status(session, run, RunStatus.queued, worker=None, nodes_joined=0,
+                       rendezvous=None)  # fmt: skip
     return True

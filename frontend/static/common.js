@@ -122,6 +122,18 @@ export function formatTime(iso) {
   return iso ? new Date(iso).toLocaleString() : "–";
 }
 
+// "just now", "12 s ago", "3 min ago", "5 h ago", "2 d ago", by this
+// browser's clock (a stamp slightly ahead of it reads "just now").
+export function formatAgo(iso) {
+  if (!iso) return "–";
+  const s = Math.round((Date.now() - new Date(iso).getTime()) / 1000);
+  if (s < 2) return "just now";
+  if (s < 90) return `${s} s ago`;
+  if (s < 90 * 60) return `${Math.round(s / 60)} min ago`;
+  if (s < 36 * 3600) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+
 export function formatDuration(seconds) {
   if (!seconds && seconds !== 0) return "–";
   const s = Math.round(seconds);

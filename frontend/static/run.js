@@ -21,6 +21,7 @@ import {
   statusBadge,
   watchStream,
 } from "./common.js";
+import { WORKER_REFRESH_MS, listWorkers, placementHint } from "./workers.js";
 
 const page = document.getElementById("run-page");
 const runId = Number(page.dataset.runId);
@@ -278,10 +279,19 @@ function infoRows(run) {
     ["Started", formatTime(run.started_at)],
     ["Finished", formatTime(run.finished_at)],
     ["Worker", run.worker || "–"],
+    ["Queue", run.queue || "–"],
+    ["Devices", deviceLines(run.devices)],
+    ["Attempts", String(run.attempts)],
     ["Overrides", run.overrides.length ? run.overrides.join("\n") : "none"],
     ["Version", run.version],
     ["Tags", run.tags.join(", ") || "none"],
   ];
+}
+
+// One line per training process: "rank 0: host-a cuda:0".
+function deviceLines(devices) {
+  if (!devices.length) return "–";
+  return devices.map((device, rank) => `rank ${rank}: ${device}`).join("\n");
 }
 
 function renderRun(run) {
@@ -301,6 +311,35 @@ function renderRun(run) {
       el("dd", {}, value)]));
   page.dataset.status = run.status;
   renderError(run);
+  watchPlacement(run);
+}
+
+// --- While queued: say so when no online worker serves the run's queue.
+
+const placement = { timer: null };
+
+function watchPlacement(run) {
+  if (run.status !== "queued") {
+    clearTimeout(placement.timer);
+    placement.timer = null;
+    document.getElementById("run-hint").hidden = true;
+  } else if (placement.timer === null) {
+    placement.timer = setTimeout(checkPlacement, 0);
+  }
+}
+
+async function checkPlacement() {
+  const hint = document.getElementById("run-hint");
+  try {
+    const online = await listWorkers({ onlineOnly: true });
+    hint.textContent = placementHint(state.run.queue, online);
+  } catch (err) {
+    hint.textContent = `Could not list the workers: ${err.message}`;
+  }
+  // The run may have started meanwhile: then the stream already hid the hint.
+  const queued = state.run.status === "queued";
+  hint.hidden = !queued || !hint.textContent;
+  placement.timer = queued ? setTimeout(checkPlacement, WORKER_REFRESH_MS) : null;
 }
 
 function renderError(run) {

@@ -1,4 +1,5 @@
-// Runs page: the runs table (filtered, live) and the experiments to launch.
+// Runs page: the runs table (filtered, live), the workers (polled) and the
+// experiments to launch.
 import {
   accuracyText,
   api,
@@ -12,6 +13,7 @@ import {
   tagList,
   watchStream,
 } from "./common.js";
+import { watchWorkersPanel } from "./workers.js";
 
 const PAGE_SIZE = 100;
 const body = document.getElementById("runs-body");
@@ -236,6 +238,7 @@ async function main() {
     const ids = [...selected].sort((a, b) => a - b).join(",");
     location.assign(`/compare?runs=${ids}`);
   });
+  watchWorkersPanel();
   const release = subscribe();
   await loadExperiments();
   await loadRuns();

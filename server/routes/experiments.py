@@ -28,7 +28,7 @@ from server.models import (
     fits_id,
     utcnow,
 )
-from server.queue import enqueue_run
+from server.queue import enqueue_run, run_nodes, run_queue
 from server.routes.runs import run_public
 from server.schemas import (
     ExperimentCreate,
@@ -287,12 +287,13 @@ def launch_runs(
     session.add_all(runs)
     session.flush()
     for run in runs:
+        run.queue = run_queue(settings.queue, run.config["distributed"]["gpus"])
         run.artifact_dir = str((settings.artifact_dir / "runs" / str(run.id)).resolve())
         records.record_event(session, run, "status")
     session.commit()  # enqueue only after commit: the worker re-reads the row
     for index, run in enumerate(runs):
         try:
-            enqueue_run(celery, run.id)
+            enqueue_run(celery, run.id, run.queue, run_nodes(run.config))
         except Exception as err:  # kombu raises many types for a lost broker
             for unsent in runs[index:]:
                 records.set_status(

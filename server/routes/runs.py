@@ -55,6 +55,7 @@ def run_public(run: Run) -> RunPublic:
             "experiment_name": run.experiment.name,
             "tags": run.experiment.tags,
             "progress": progress,
+            "devices": run.devices or [],
         }
     )
 

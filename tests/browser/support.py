@@ -46,6 +46,11 @@ class Lab:
     url: str
     log: Path
 
+    @property
+    def database_url(self) -> str:
+        """The lab's SQLite database (beside its log, as `running_lab` sets up)."""
+        return f"sqlite:///{self.log.parent / 'lab.db'}"
+
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(

@@ -10,7 +10,10 @@ import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
+from server.models import Worker, utcnow
 from tests.browser.support import TOKEN, Lab, requires_chromium
 from tests.conftest import TINY
 
@@ -19,6 +22,7 @@ pytestmark = requires_chromium
 # The unit tests' tiny model, meta-tested often, and long enough to cancel.
 LIVE_OVERRIDES = [*TINY, "training.num_iterations=100000", "evaluation.every=10"]
 HTML_NAME = "<img src=x onerror=alert(1)>"
+HTML_WORKER = "<b>x</b>"
 RUN_START_S = 60.0  # a busy machine takes a while to start a worker and torch
 DIGITS_CURVES = ".dataset-panel[data-dataset=digits] .curve-chart .trace"
 API_REFUSAL = re.compile(r"/api/\S+ - Failed to load resource: .* status of 4\d\d")
@@ -132,6 +136,8 @@ def test_user_text_is_shown_as_text(lab: Lab, chrome: Any) -> None:
     chrome.get(f"{lab.url}/runs/{run['id']}")
     title = wait(chrome, lambda d: d.find_element(By.ID, "run-title").text)
     assert title.startswith(HTML_NAME)
+    info = chrome.find_element(By.ID, "run-info").text
+    assert all(field in info for field in ("Queue", "Devices", "Attempts")), info
     assert chrome.find_elements(By.CSS_SELECTOR, "main img") == []
 
     # Plotly would render tags in legend names: they must show as text.
@@ -145,6 +151,43 @@ def test_user_text_is_shown_as_text(lab: Lab, chrome: Any) -> None:
                                d.find_elements(By.CSS_SELECTOR, legend)))  # fmt: skip
     with pytest.raises(NoAlertPresentException):
         chrome.switch_to.alert.text  # noqa: B018 (reading it is the check)
+    assert console_errors(chrome) == []
+
+
+def add_worker(lab: Lab, name: str) -> None:
+    """A worker row beating now, written straight into the lab's database."""
+    now = utcnow()
+    engine = create_engine(lab.database_url)
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(Worker(
+                name=name, hostname="<i>host</i>", queues=["runs.gpu8"], gpus=8,
+                devices=["cuda:0 <i>GPU</i>"], pid=1, started_at=now,
+                heartbeat_at=now,
+            ))  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def worker_rows(driver: Any) -> dict[str, str]:
+    """Worker name -> the text of its row in the Workers panel."""
+    rows = driver.find_elements(By.CSS_SELECTOR, "#workers-body tr")
+    return {r.find_element(By.CSS_SELECTOR, ".worker-name").text: r.text for r in rows}
+
+
+def test_workers_panel_lists_workers_as_text(lab: Lab, chrome: Any) -> None:
+    """The runs page lists online workers, with what they report shown as text."""
+    add_worker(lab, HTML_WORKER)
+    chrome.get(lab.url + "/")
+    wait(chrome, lambda d: HTML_WORKER in worker_rows(d))
+    row = worker_rows(chrome)[HTML_WORKER]
+    assert all(text in row for text in ("<i>host</i>", "<i>GPU</i>", "runs.gpu8"))
+    assert chrome.find_elements(By.CSS_SELECTOR, "main b, main i") == []
+
+    # The lab's own worker announces itself too (`vsml-lab up` names it local@).
+    wait(chrome, lambda d: any(n.startswith("local@") for n in worker_rows(d)),
+         RUN_START_S)  # fmt: skip
+    assert not chrome.find_element(By.ID, "workers-none").is_displayed()
     assert console_errors(chrome) == []
 
 
@@ -182,6 +225,10 @@ def test_token_is_asked_once(token_lab: Lab, chrome: Any) -> None:
     wait(chrome, lambda d: d.find_elements(By.CSS_SELECTOR, "#experiments-body tr"))
     live = chrome.find_element(By.ID, "live-indicator")
     wait(chrome, lambda d: live.text == "live")
+    # `vsml-lab api` starts no worker: the page says runs would wait.
+    none = chrome.find_element(By.ID, "workers-none")
+    wait(chrome, lambda d: none.is_displayed())
+    assert none.text.startswith("No worker is online")
     assert chrome.current_url == token_lab.url + "/"
     assert console_errors(chrome) == []
 
