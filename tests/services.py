@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -103,15 +104,18 @@ def _as_postgres(command: list[str]) -> list[str]:
 
 
 @contextmanager
-def private_postgres(folder: Path) -> Iterator[Server]:
+def private_postgres() -> Iterator[Server]:
     """A PostgreSQL cluster of this test's own (trust auth, database
     postgres), so that the test can restart it without touching others'."""
     binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
     if not binaries:
         pytest.skip("PostgreSQL's server binaries are not installed")
     bin_dir = binaries[-1]
+    # Not under pytest's folder: as root, the server runs as user postgres,
+    # who may not enter it.
+    folder = Path(tempfile.mkdtemp(prefix="vsml-pg-"))
     data = folder / "pgdata"
-    data.mkdir(parents=True)
+    data.mkdir()
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
         shutil.chown(data, "postgres")
@@ -132,3 +136,4 @@ def private_postgres(folder: Path) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

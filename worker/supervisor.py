@@ -16,12 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server import records
@@ -60,7 +62,7 @@ def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
         # worker (worker.app re-sends queued runs when a worker starts).
         logger.info("run %d: worker shutting down, leaving it queued", run_id)
         return "skipped"
-    placement = claim(settings, run_id, worker_name)
+    placement = retrying(lambda: claim(settings, run_id, worker_name))
     if placement is None:
         return "skipped"
     logger.info("run %d: node %d of %d started on %s", run_id, placement.node_rank,
@@ -79,9 +81,30 @@ def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
         return "taken"
     if placement.node_rank:
         return f"node {placement.node_rank} ended ({_exit_reason(child.returncode)})"
-    status = finish(settings, run_id, placement.folder, child.returncode, reason)
+    status = retrying(
+        lambda: finish(settings, run_id, placement.folder, child.returncode, reason)
+    )
     logger.info("run %d: %s", run_id, status)
     return status
+
+
+T = TypeVar("T")
+DB_RETRY_S = 600.0  # how long a worker waits for its database to come back
+
+
+def retrying(step: Callable[[], T], give_up_after: float = DB_RETRY_S) -> T:
+    """Run a database step, again and again while the database is away (a
+    restart), so that neither a claimed run nor how it ended is lost."""
+    deadline, delay = time.monotonic() + give_up_after, 0.5
+    while True:
+        try:
+            return step()
+        except OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("database unreachable, retrying in %.1f s", delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
 
 
 def claim(settings: Settings, run_id: int, worker_name: str) -> Placement | None:

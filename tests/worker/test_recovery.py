@@ -35,7 +35,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
 
 
 def start_worker(
-    settings: Settings, log: Path, **extra: str
+    settings: Settings, log: Path, name: str = "recovery@%h", **extra: str
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -47,7 +47,7 @@ def start_worker(
     }
     with log.open("ab") as out:  # the worker keeps its own copy of the file
         return subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker", "--name", "recovery@%h"],
+            [sys.executable, "-m", "server.cli", "worker", "--name", name],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
