@@ -15,6 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
+from server.cli import worker_command
+from server.config import Settings
+from server.queue import make_celery as queue_app
+from server.queue import worker_queues
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 TOKEN = "compose-test-token"
@@ -53,10 +58,25 @@ def compose(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def config(**env: str) -> dict[str, Any]:
-    result = compose("--profile", "gpu1", "config", VSML_API_TOKEN=TOKEN, **env)
+def compose_file(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Compose on another file of ours, alone."""
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("VSML_", "POSTGRES_"))}  # fmt: skip
+    assert COMPOSE is not None
+    return subprocess.run(
+        [*COMPOSE, "--file", str(ROOT / name), "--project-name", "vsml-test", *args],
+        capture_output=True, text=True, timeout=60, env={**clean, **env}, cwd=ROOT,
+    )  # fmt: skip
+
+
+def config_with(profile: str, **env: str) -> dict[str, Any]:
+    result = compose("--profile", profile, "config", VSML_API_TOKEN=TOKEN, **env)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
+
+
+def config(**env: str) -> dict[str, Any]:
+    return config_with("gpu1", **env)
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +137,19 @@ def test_redis_appends_and_fsyncs_every_second(services) -> None:
     assert mounts(services["redis"])["/data"] == "redis-data"
 
 
+def gpu_workers(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The one-GPU workers (worker-gpu01, a two-GPU group, replaces two)."""
+    return {n: s for n, s in workers(services).items()
+            if n not in ("worker-cpu", "worker-gpu01")}  # fmt: skip
+
+
 def test_each_worker_reserves_its_own_gpu(services) -> None:
-    """Every worker reserves one distinct NVIDIA GPU and sees it as device 0."""
+    """Every GPU worker reserves one distinct NVIDIA GPU and sees it as device
+    0; the CPU worker sees none."""
+    assert environment(services["worker-cpu"])["CUDA_VISIBLE_DEVICES"] == ""
+    assert "deploy" not in services["worker-cpu"]
     reserved = []
-    for name, service in workers(services).items():
+    for name, service in gpu_workers(services).items():
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert len(devices) == 1, name
         assert devices[0]["driver"] == "nvidia", name
@@ -132,14 +161,49 @@ def test_each_worker_reserves_its_own_gpu(services) -> None:
     assert len(set(reserved)) == len(reserved)
 
 
-def test_each_worker_runs_one_run_at_a_time(services) -> None:
-    """Workers consume the runs queue with one solo process and prefetch 1."""
-    for name, service in workers(services).items():
-        command = " ".join(service["command"])
-        assert "worker.app" in command, name
-        for flag in ("--queues=runs", "--pool=solo", "--concurrency=1",
-                     "--prefetch-multiplier=1"):  # fmt: skip
-            assert flag in command, (name, flag)
+def test_workers_serve_the_queues_of_their_gpus(services) -> None:
+    """worker-cpu takes CPU runs, each GPU worker runs asking for its GPUs;
+    `vsml-lab worker` runs one solo Celery process with prefetch 1."""
+    assert services["worker-cpu"]["command"] == ["vsml-lab", "worker", "--gpus", "0"]
+    for name, service in gpu_workers(services).items():
+        assert service["command"] == ["vsml-lab", "worker", "--gpus", "1"], name
+    command = " ".join(worker_command("runs"))
+    assert "--pool=solo" in command and "--concurrency=1" in command
+    assert queue_app(Settings()).conf.worker_prefetch_multiplier == 1
+
+
+def test_a_two_gpu_group_worker_takes_runs_over_two_gpus() -> None:
+    group = config_with("gpu01")["services"]["worker-gpu01"]
+    assert group["command"] == ["vsml-lab", "worker", "--gpus", "2"]
+    devices = group["deploy"]["resources"]["reservations"]["devices"][0]
+    assert devices["device_ids"] == ["0", "1"]
+    assert environment(group)["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert worker_queues("runs", 2, cpu_runs=False) == ["runs.gpu1", "runs.gpu2"]
+
+
+def test_head_file_publishes_database_and_broker_to_the_cluster() -> None:
+    result = compose("--file", str(ROOT / "docker-compose.head.yml"), "config",
+                     VSML_API_TOKEN=TOKEN, VSML_HEAD_BIND="10.1.2.3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert published(services["postgres"]) == [("10.1.2.3", "5432")]
+    assert published(services["redis"]) == [("10.1.2.3", "6379")]
+    assert "ports" not in config()["services"]["postgres"]  # not without it
+
+
+def test_node_file_runs_a_host_network_worker_of_the_head() -> None:
+    env = {"VSML_HEAD": "10.1.2.3", "VSML_NODE_ADDRESS": "10.1.2.4",
+           "VSML_WORKER_GPUS": "8"}  # fmt: skip
+    result = compose_file("docker-compose.node.yml", "config", **env)
+    assert result.returncode == 0, result.stderr
+    worker = yaml.safe_load(result.stdout)["services"]["node-worker"]
+    assert worker["network_mode"] == "host"  # others reach its rendezvous port
+    settings = environment(worker)
+    assert settings["VSML_DATABASE_URL"].endswith("@10.1.2.3:5432/vsml")
+    assert settings["VSML_BROKER_URL"] == "redis://10.1.2.3:6379/0"
+    assert settings["VSML_NODE_ADDRESS"] == "10.1.2.4"
+    missing = compose_file("docker-compose.node.yml", "config", VSML_HEAD="h")
+    assert missing.returncode != 0 and "VSML_NODE_ADDRESS" in missing.stderr
 
 
 def test_api_and_workers_share_artifacts_and_settings(services) -> None:

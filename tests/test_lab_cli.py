@@ -56,3 +56,22 @@ def test_presets_are_seeded_once(tmp_path: Path) -> None:
         again = seed_presets(session)
     assert names == sorted(preset_names())
     assert again == []
+
+
+def test_worker_refuses_more_gpus_than_the_host_shows(capsys) -> None:
+    """`vsml-lab worker --gpus N` checks the GPUs before it takes a run."""
+    from server.cli import main, visible_gpus
+
+    too_many = visible_gpus() + 1
+    assert main(["worker", "--gpus", str(too_many)]) == 2
+    error = capsys.readouterr().err
+    assert f"--gpus {too_many} but this host shows" in error
+
+
+@pytest.mark.parametrize("bad", ["-1", "two", "2000"])
+def test_worker_gpus_must_be_a_count(bad: str, capsys) -> None:
+    from server.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["worker", "--gpus", bad])
+    assert "is not a GPU count" in capsys.readouterr().err

@@ -264,3 +264,25 @@ def test_run_over_two_hosts_matches_one_host(settings: Settings) -> None:
     assert loss_curve(settings, two_hosts) == pytest.approx(
         loss_curve(settings, one_host), rel=1e-5
     )
+
+
+def test_gpu_runs_wait_for_a_worker_with_gpus(settings: Settings) -> None:
+    """A run asking for a GPU goes to its own queue, which a CPU worker does
+    not serve: it stays queued while CPU runs pass it by."""
+    import redis
+
+    client = TestClient(create_app(settings))
+    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    worker = start_worker(settings, settings.artifact_dir.parent / "cpu.log")
+    try:
+        gpu_run = launch(client, experiment.json()["id"], "distributed.gpus=1")
+        cpu_run = launch(client, experiment.json()["id"])
+        assert wait_for(client, cpu_run, finished)["status"] == "succeeded"
+        waiting = client.get(f"/api/runs/{gpu_run}").json()
+    finally:
+        stop(worker)
+    assert waiting["status"] == "queued"
+    assert waiting["queue"] == f"{settings.queue}.gpu1"
+    broker = redis.Redis.from_url(settings.broker_url)
+    assert broker.llen(f"{settings.queue}.gpu1") >= 1  # its message waits there
+    broker.delete(f"{settings.queue}.gpu1")
