@@ -191,6 +191,13 @@ def _meta_step(session: Session, run_id: int, text: str) -> int | None:
         raise HTTPException(
             422, f"meta_step={text!r}: use 'latest', 'all' or an iteration number"
         )
+    steps = queries.meta_steps(session, run_id)
+    if step not in steps:
+        shown = ", ".join(map(str, steps[-20:])) or "none yet"
+        raise HTTPException(
+            404, f"run {run_id} has no meta-test at iteration {step}; "
+            f"meta-tests at: {shown}",
+        )  # fmt: skip
     return step
 
 

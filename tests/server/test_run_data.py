@@ -121,6 +121,9 @@ def test_curves_latest_all_and_one_meta_step(lab: Lab):
     rows = lab.client.get(path).json()["rows"]
     assert len(rows) == 6
     assert rows[0] == [10, "mnist", "sgd", 0, 0.0, 2.0]
+    missing = lab.client.get(path, params={"meta_step": "5"})
+    assert missing.status_code == 404
+    assert "no meta-test at iteration 5; meta-tests at: 0, 10" in missing.text
 
 
 def test_curves_filter_by_dataset(lab: Lab):
