@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -121,6 +122,16 @@ def _fault(error: dict[str, Any]) -> str:
     )
 
 
+async def out_of_range(request: Request, err: Exception) -> JSONResponse:
+    # A number the checks above let through that a column cannot hold: the
+    # client's mistake, not the server's.
+    logger.warning("out-of-range value on %s %s: %s", request.method,
+                   request.url.path, err)  # fmt: skip
+    return JSONResponse(
+        {"detail": "a number in the request is too large for the database"}, 422
+    )
+
+
 async def unexpected_error(request: Request, err: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error (see the server log)"}, 500)
@@ -174,6 +185,7 @@ def create_app(
     app.add_exception_handler(ConfigError, config_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, request_invalid)
+    app.add_exception_handler(DataError, out_of_range)
     app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

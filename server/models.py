@@ -27,13 +27,17 @@ from server.db import Base
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
-# The largest integer SQLite stores; no id or step can be larger.
+# The largest integer SQLite stores, and PostgreSQL's BIGINT (the ids of
+# metric points, curve points, log lines and events).
 MAX_DB_INT = 2**63 - 1
+# The largest INTEGER of PostgreSQL: experiment and run ids, iterations,
+# meta-steps and log sequence numbers.
+MAX_INT = 2**31 - 1
 
 
 def fits_id(value: int) -> bool:
-    """Whether `value` can be a row id (larger ones overflow SQLite's INTEGER)."""
-    return 0 < value <= MAX_DB_INT
+    """Whether `value` can be an experiment or run id (an INTEGER column)."""
+    return 0 < value <= MAX_INT
 
 
 def utcnow() -> datetime:

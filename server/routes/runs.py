@@ -18,6 +18,7 @@ from server import queries, records
 from server.deps import SessionDep
 from server.models import (
     MAX_DB_INT,
+    MAX_INT,
     Checkpoint,
     Experiment,
     ExperimentTag,
@@ -64,7 +65,7 @@ def run_public(run: Run) -> RunPublic:
 def list_runs(
     session: SessionDep,
     status: RunStatus | None = None,
-    experiment_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INT)] = None,
+    experiment_id: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
@@ -187,7 +188,7 @@ def _meta_step(session: Session, run_id: int, text: str) -> int | None:
         latest = queries.latest_meta_step(session, run_id)
         return -1 if latest is None else latest
     step = queries.row_number(text)
-    if step is None:
+    if step is None or step > MAX_INT:
         raise HTTPException(
             422, f"meta_step={text!r}: use 'latest', 'all' or an iteration number"
         )
@@ -223,7 +224,7 @@ def list_checkpoints(run_id: int, session: SessionDep) -> list[CheckpointPublic]
 def download_checkpoint(run_id: int, iteration: int, session: SessionDep) -> Response:
     get_run(session, run_id)
     row = None
-    if 0 <= iteration <= MAX_DB_INT:
+    if 0 <= iteration <= MAX_INT:
         row = session.scalar(
             select(Checkpoint).where(
                 Checkpoint.run_id == run_id, Checkpoint.iteration == iteration
@@ -241,7 +242,7 @@ def download_checkpoint(run_id: int, iteration: int, session: SessionDep) -> Res
 def read_logs(
     run_id: int,
     session: SessionDep,
-    after: Annotated[int, Query(ge=-1, le=MAX_DB_INT)] = -1,
+    after: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[LogLinePublic]:
     """Log lines of the training process, oldest first, after sequence `after`."""

@@ -327,7 +327,10 @@ MISSING = [
 ]
 
 
-@pytest.mark.parametrize("missing_id", ["424242", "0", "-3", "99999999999999999999"])
+# 99999999999: fits a BIGINT but not PostgreSQL's INTEGER id columns.
+@pytest.mark.parametrize(
+    "missing_id", ["424242", "0", "-3", "99999999999", "99999999999999999999"]
+)
 def test_missing_objects_get_404(client: TestClient, missing_id: str):
     """Every route about an experiment or run that does not exist says 404."""
     for method, template in MISSING:
@@ -342,7 +345,7 @@ def test_missing_checkpoint_gets_404(lab: Lab):
     run = lab.run()
     with lab.session() as session:
         records.add_checkpoint(session, run["id"], 5, "/nonexistent/ckpt.pt", 10)
-    for iteration in (4, 5, 99999999999999999999):
+    for iteration in (4, 5, 99999999999, 99999999999999999999):
         path = f"/api/runs/{run['id']}/checkpoints/{iteration}"
         assert lab.client.get(path).status_code == 404
 
@@ -370,6 +373,7 @@ BAD_QUERIES = [
     "/api/runs?status=bogus",
     "/api/runs?experiment_id=abc",
     "/api/runs?experiment_id=99999999999999999999",
+    "/api/runs?experiment_id=99999999999",
     "/api/runs?tag=" + "t" * 65,
     "/api/runs/{run}/metrics?max_points=2",
     "/api/runs/{run}/metrics?max_points=abc",
@@ -378,10 +382,12 @@ BAD_QUERIES = [
     "/api/runs/{run}/curves?meta_step=-1",
     "/api/runs/{run}/curves?meta_step=%C2%B2",
     "/api/runs/{run}/curves?meta_step=99999999999999999999",
+    "/api/runs/{run}/curves?meta_step=99999999999",
     "/api/runs/{run}/curves?format=pdf",
     "/api/runs/{run}/config?format=toml",
     "/api/runs/{run}/logs?after=-2",
     "/api/runs/{run}/logs?after=99999999999999999999",
+    "/api/runs/{run}/logs?after=9223372036854775807",
     "/api/runs/{run}/logs?limit=0",
     "/api/runs/{run}/snapshot?max_points=1",
     "/api/runs/{run}/stream?cursor=bad",
