@@ -137,3 +137,33 @@ def test_absurd_sizes_are_refused_up_front(override):
     """Sizes no machine could run are config errors, not run-time crashes."""
     with pytest.raises(cfg.ConfigError):
         cfg.load_config(["quick"], [override])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("distributed.world_size=true", "distributed.world_size=True: expected a "
+      "number, not a boolean"),
+     ("optimizer.sigma=no", "optimizer.sigma=False: expected a number"),
+     ("distributed.timeout_minutes=1e308", "less than or equal to 10080"),
+     ("training.time_limit_minutes=1e308", "less than or equal to 525600")],
+)  # fmt: skip
+def test_booleans_and_endless_durations_are_not_numbers(override, message):
+    """YAML's `true` is not 1, and a wait longer than a week is a typo."""
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.load_config(["quick"], [override])
+
+
+@pytest.mark.parametrize(
+    "placement,message",
+    [({"world_size": 3, "nodes": 2}, "do not split evenly"),
+     ({"world_size": 2, "gpus": 1}, "one per GPU: set gpus to 0 \\(CPU\\) or 2"),
+     ({"world_size": 4, "nodes": 2, "gpus": 4}, "set gpus to 0 \\(CPU\\) or 2")],
+)  # fmt: skip
+def test_processes_must_fit_hosts_and_gpus(placement, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.validate({"distributed": placement, "optimizer": {"population_size": 8}})
+
+
+def test_gpus_and_a_cpu_device_contradict():
+    with pytest.raises(cfg.ConfigError, match="training.device is 'cpu'"):
+        cfg.validate({"distributed": {"gpus": 1}, "training": {"device": "cpu"}})

@@ -19,8 +19,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, allow_inf_nan=False
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic would read `true` as 1 for a number; YAML makes that easy
+        # to write by mistake (world_size: yes).
+        field = cls.model_fields[info.field_name or ""]
+        numeric = field.annotation in (int, float, int | None, float | None)
+        if isinstance(value, bool) and numeric:
+            raise PydanticCustomError("bool_number", "expected a number, not a boolean")
+        return value
 
 
 class ConvLayerConfig(_Section):
@@ -134,7 +148,8 @@ class TrainingConfig(_Section):
     batch_size: int = Field(1, ge=1, le=100_000)
     meta_loss: Literal["mean", "last"] = "mean"  # whole episode or last prediction
     num_iterations: int = Field(1000, ge=0, le=10**9)  # meta-iterations
-    time_limit_minutes: float | None = Field(None, gt=0)  # stop early after this
+    # stop early after this (at most a year)
+    time_limit_minutes: float | None = Field(None, gt=0, le=525_600)
     # classes per few-shot episode
     few_shot_ways: int | None = Field(None, ge=2, le=100_000)
     log_every: int = Field(10, ge=1)  # metrics every N iterations
@@ -187,7 +202,8 @@ class DistributedConfig(_Section):
     # Per-rank training data, in rank order; repeats must add up to world_size.
     # Empty: every rank meta-trains on data.train.
     rank_data: list[RankDataConfig] = []
-    timeout_minutes: float = Field(30, gt=0)  # a collective waiting longer fails
+    # a collective (or hosts joining) waiting longer fails; at most a week
+    timeout_minutes: float = Field(30, gt=0, le=10_080)
     # Hosts the processes are spread over (world_size / nodes on each); a
     # service run takes one worker per host.
     nodes: int = Field(1, ge=1, le=1024)
