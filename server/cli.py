@@ -20,6 +20,8 @@ import sys
 import threading
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from server.config import Settings, check_bind, get_settings
 from server.queue import worker_queues
 
@@ -97,9 +99,14 @@ def check_gpus(wanted: int) -> None:
     have = visible_gpus()
     if wanted > have:
         shown = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        fix = (
+            f"use --gpus {have} or fewer"
+            if have
+            else "start a CPU worker (--gpus 0), which takes CPU runs"
+        )
         raise ValueError(
             f"--gpus {wanted} but this host shows {have} CUDA device(s) "
-            f"(CUDA_VISIBLE_DEVICES={shown}); use --gpus {have} or fewer"
+            f"(CUDA_VISIBLE_DEVICES={shown}): {fix}"
         )
 
 
@@ -232,6 +239,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return get_settings().model_copy(update=overrides)
 
 
+def settings_problems(err: ValidationError) -> str:
+    """One line per bad environment variable, named as the user set it."""
+    return "; ".join(
+        f"VSML_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+        for e in err.errors()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
@@ -239,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         return args.func(settings, args)
+    except ValidationError as err:  # a VSML_* variable with a bad value
+        print(f"vsml-lab {args.command}: error: {settings_problems(err)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except ValueError as err:
         print(f"vsml-lab {args.command}: error: {err}", file=sys.stderr)
         return 2

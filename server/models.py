@@ -151,6 +151,8 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The run it trains now, as whichever host of it (None when idle).
+    run_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class MetricPoint(Base):

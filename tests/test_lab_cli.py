@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from server import cli
-from server.config import Settings, check_bind, is_loopback
+from server.config import Settings, check_bind, get_settings, is_loopback
 from server.db import session_scope
 from server.models import Experiment
 from server.presets import seed_presets
@@ -75,3 +75,17 @@ def test_worker_gpus_must_be_a_count(bad: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["worker", "--gpus", bad])
     assert "is not a GPU count" in capsys.readouterr().err
+
+
+def test_bad_setting_names_the_variable(monkeypatch, capsys) -> None:
+    from server.cli import main
+
+    monkeypatch.setenv("VSML_WORKER_GPUS", "abc")
+    get_settings.cache_clear()
+    try:
+        assert main(["worker"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "VSML_WORKER_GPUS='abc': Input should be a valid integer" in (
+        capsys.readouterr().err
+    )

@@ -45,9 +45,14 @@ def _on_ready(sender: object = None, **_: object) -> None:
     settings = get_settings()
     queues = sorted(app.amqp.queues.consume_from or [settings.queue])
     registry.register(settings, name, queues)
-    requeued = supervisor.recover(settings, name)
+    requeued = supervisor.recover(settings, name, queues)
     if requeued:
-        logger.info("worker %s: (re)queued runs %s", name, requeued)
+        logger.info(
+            "worker %s: sent queued runs %s again (in case their "
+            "messages were lost; a run trains once)",
+            name,
+            requeued,
+        )
     threading.Thread(target=_beat_forever, daemon=True, name="beat").start()
     threading.Thread(target=_reap_forever, daemon=True, name="reaper").start()
 

@@ -42,3 +42,11 @@ def beat(settings: Settings, name: str, stopped: bool = False) -> None:
         if row is not None:
             row.heartbeat_at = utcnow()
             row.stopped = stopped
+
+
+def training(settings: Settings, name: str, run_id: int | None) -> None:
+    """Record the run this worker trains now (None: idle again)."""
+    with session_scope(settings.resolved_database_url) as session:
+        row = session.get(Worker, name)
+        if row is not None:
+            row.run_id = run_id

@@ -31,6 +31,7 @@ from server.config import Settings
 from server.db import session_scope
 from server.models import LogLine, Run, RunStatus, utcnow
 from server.queue import run_nodes
+from worker import registry
 from worker.child import RESULT_FILE, STOP_FILE
 from worker.sink import Batch, BatchWriter
 
@@ -51,12 +52,12 @@ class Placement:
     processes: int = 1  # training processes on this host
     gpus: int = 0  # GPUs on this host; 0 hides them from the training
     rendezvous: str | None = None  # "address:port" of node 0, nodes > 1
+    join_timeout_s: float = 1800.0  # how long node 0 waits for the others
 
 
 def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
     """Run `run_id` (or this host's part of it) to its end; returns how it
     ended for this worker."""
-    url = settings.resolved_database_url
     if SHUTDOWN.is_set():
         # Taken while this worker stops: leave the run queued for the next
         # worker (worker.app re-sends queued runs when a worker starts).
@@ -65,17 +66,29 @@ def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
     placement = retrying(lambda: claim(settings, run_id, worker_name))
     if placement is None:
         return "skipped"
+    mark_training(settings, worker_name, run_id)
+    try:
+        return train_here(settings, run_id, worker_name, placement)
+    finally:
+        mark_training(settings, worker_name, None)
+
+
+def train_here(
+    settings: Settings, run_id: int, worker_name: str, placement: Placement
+) -> str:
+    """Start this host's training processes, watch them, record the end."""
     logger.info("run %d: node %d of %d started on %s", run_id, placement.node_rank,
                 placement.nodes, worker_name)  # fmt: skip
     child = start_child(run_id, placement)
-    pump = LogPump(url, run_id, child.stdout) if placement.node_rank == 0 else None
+    url = settings.resolved_database_url
+    if placement.node_rank == 0:
+        relay: LogPump | threading.Thread = LogPump(url, run_id, child.stdout)
+    else:  # other hosts' output goes to their worker's own log
+        lines = (run_id, placement.node_rank, child.stdout)
+        relay = threading.Thread(target=_log_lines, args=lines, daemon=True)
+        relay.start()
     reason = watch(settings, run_id, placement, child)
-    if pump is not None:
-        pump.join()
-    else:  # other hosts' output stays in their worker's own log
-        for line in child.stdout or []:
-            logger.info("run %d node %d: %s", run_id, placement.node_rank,
-                        line.rstrip())  # fmt: skip
+    relay.join()
     if reason == "taken":  # re-queued as lost meanwhile: no longer ours
         logger.warning("run %d: taken over while this worker was silent", run_id)
         return "taken"
@@ -86,6 +99,19 @@ def supervise(settings: Settings, run_id: int, worker_name: str) -> str:
     )
     logger.info("run %d: %s", run_id, status)
     return status
+
+
+def _log_lines(run_id: int, node: int, stream: IO[str] | None) -> None:
+    for line in stream or []:
+        logger.info("run %d node %d: %s", run_id, node, line.rstrip())
+
+
+def mark_training(settings: Settings, worker_name: str, run_id: int | None) -> None:
+    """Tell the dashboard which run this worker trains (best effort)."""
+    try:
+        registry.training(settings, worker_name, run_id)
+    except Exception:  # the database may be away; the run matters more
+        logger.warning("could not record the worker's run", exc_info=True)
 
 
 T = TypeVar("T")
@@ -134,16 +160,23 @@ def _place(settings: Settings, run: Run, worker_name: str) -> Placement | None:
         folder=Path(run.artifact_dir), attempt=run.attempts + 1, nodes=nodes,
         processes=int(dist.get("world_size", 1)) // nodes,
         gpus=int(dist.get("gpus", 0)),
+        join_timeout_s=60 * float(dist.get("timeout_minutes", 30)),
     )  # fmt: skip
+    session = session_of(run)
     if run.status == RunStatus.queued:
         placement.rendezvous = (
             f"{settings.node_address}:{free_port()}" if nodes > 1 else None
         )
         records.set_status(
-            session_of(run), run, RunStatus.running, worker=worker_name,
+            session, run, RunStatus.running, worker=worker_name,
             heartbeat_at=utcnow(), attempts=placement.attempt, nodes_joined=1,
             rendezvous=placement.rendezvous, devices=None,
         )  # fmt: skip
+        if nodes > 1:
+            note(session, run.id, f"node 0 of {nodes} on {worker_name}, listening "
+                 f"at {placement.rendezvous}; waiting for {nodes - 1} more "
+                 f"host(s), each a worker serving queue {run.queue} (up to "
+                 f"distributed.timeout_minutes)")  # fmt: skip
         return placement
     # Node 0 claimed it (nodes_joined >= 1) and waits for the other hosts.
     joining = run.status == RunStatus.running and 0 < run.nodes_joined < nodes
@@ -152,7 +185,17 @@ def _place(settings: Settings, run: Run, worker_name: str) -> Placement | None:
     placement.attempt, placement.node_rank = run.attempts, run.nodes_joined
     placement.rendezvous = run.rendezvous
     run.nodes_joined += 1
+    note(session, run.id, f"node {placement.node_rank} of {nodes} joined on "
+         f"{worker_name}")  # fmt: skip
     return placement
+
+
+def note(session: Session, run_id: int, text: str) -> None:
+    """A line in the run's log from the supervisor itself."""
+    logger.info("run %d: %s", run_id, text)
+    seq = records.next_log_seq(session, run_id)
+    records.add_log_rows(session, [{"run_id": run_id, "seq": seq,
+                                    "time": time.time(), "text": text}])  # fmt: skip
 
 
 def session_of(run: Run) -> Session:
@@ -235,22 +278,31 @@ def watch(
 
     The stop request is a file the training's rank 0 looks for each
     iteration (a signal would also hit torchrun, which treats it as a
-    failure). Returns "" when it ended by itself, else "cancel", "shutdown"
-    or "taken".
+    failure). Returns "" when it ended by itself, else "cancel", "shutdown",
+    "taken", "unjoined" (hosts missing after distributed.timeout_minutes) or
+    "cancel_waiting" (cancelled before all hosts joined).
     """
     url = settings.resolved_database_url
     reason, signalled_at, last_beat = "", 0.0, time.monotonic()
+    hosts = HostWait(url, run_id, placement)
     while child.poll() is None:
         beat = placement.node_rank == 0 and (
             time.monotonic() - last_beat >= settings.heartbeat_s
         )
         state = check_in(url, run_id, placement.attempt, beat)
+        state = state or ("unjoined" if hosts.expired() else "")
         last_beat = time.monotonic() if beat else last_beat
         if state == "taken" and placement.node_rank:
             os.killpg(child.pid, signal.SIGKILL)  # node 0 decides what is kept
         if not reason:
             reason = state or ("shutdown" if SHUTDOWN.is_set() else "")
-            if reason:
+            if reason and hosts.waiting:
+                # Nothing has trained yet, so there is no checkpoint to wait for.
+                logger.info("run %d: stopping (%s) before all hosts joined",
+                            run_id, reason)  # fmt: skip
+                os.killpg(child.pid, signal.SIGKILL)
+                reason = "cancel_waiting" if reason == "cancel" else reason
+            elif reason:
                 logger.info("run %d: stopping (%s)", run_id, reason)
                 (placement.folder / STOP_FILE).touch()
                 signalled_at = time.monotonic()
@@ -259,6 +311,28 @@ def watch(
             os.killpg(child.pid, signal.SIGKILL)
         time.sleep(settings.cancel_poll_s)
     return reason
+
+
+class HostWait:
+    """Node 0 of a run over several hosts, until every host has joined."""
+
+    def __init__(self, url: str, run_id: int, placement: Placement) -> None:
+        self.url, self.run_id, self.nodes = url, run_id, placement.nodes
+        self.waiting = placement.node_rank == 0 and placement.nodes > 1
+        self.deadline = time.monotonic() + placement.join_timeout_s
+
+    def expired(self) -> bool:
+        """Whether the hosts took too long to join (checks while waiting)."""
+        if not self.waiting:
+            return False
+        try:
+            with session_scope(self.url) as session:
+                run = session.get(Run, self.run_id)
+                joined = run.nodes_joined if run is not None else self.nodes
+        except Exception:  # a database hiccup: ask again next time
+            return False
+        self.waiting = joined < self.nodes
+        return self.waiting and time.monotonic() > self.deadline
 
 
 def check_in(url: str, run_id: int, attempt: int, beat: bool) -> str:
@@ -295,6 +369,8 @@ def finish(settings: Settings, run_id: int, folder: Path, code: int,
         run = session.get(Run, run_id)
         if run is None:
             return "deleted"
+        if reason == "unjoined":
+            fields = {"error": unjoined(run)}
         if status == "lost":
             requeued = give_back(session, run, settings, fields["error"] or "")
             status = "queued" if requeued else "failed"
@@ -318,6 +394,10 @@ def outcome(folder: Path, code: int, reason: str) -> tuple[str, dict[str, Any]]:
         return status, {}
     if reason == "shutdown":
         return "queued", {}
+    if reason == "cancel_waiting":
+        return "cancelled", {}
+    if reason == "unjoined":
+        return "failed", {}
     if reason == "cancel" and not result:
         # It did not stop in time and was killed: cancelled, but say how.
         return "cancelled", {
@@ -334,6 +414,16 @@ def outcome(folder: Path, code: int, reason: str) -> tuple[str, dict[str, Any]]:
     if status == "interrupted":
         return "lost", {"error": "the training was terminated (SIGTERM)"}
     return "lost", {"error": result.get("error") or _exit_reason(code)}
+
+
+def unjoined(run: Run) -> str:
+    dist = run.config.get("distributed", {})
+    return (
+        f"only {run.nodes_joined} of {dist.get('nodes')} hosts joined within "
+        f"distributed.timeout_minutes={dist.get('timeout_minutes')}: each host "
+        f"needs a free worker serving queue {run.queue} (`vsml-lab worker` with "
+        "VSML_NODE_ADDRESS set, see the README)"
+    )
 
 
 def rank_errors(folder: Path) -> dict:
@@ -360,11 +450,15 @@ def _exit_reason(code: int) -> str:
     return f"the training process exited with status {code}"
 
 
-def recover(settings: Settings, worker_name: str) -> list[int]:
+def recover(
+    settings: Settings, worker_name: str, queues: list[str] | None = None
+) -> list[int]:
     """At worker start: runs this worker held when it died go back to the
-    queue (they resume from their last checkpoint), and every queued run is
-    sent again, so that none waits for a message that was lost. A run is
-    claimed only once (`claim`), so extra messages are harmless."""
+    queue (they resume from their last checkpoint), and every queued run of
+    the queues it serves is sent again, so that none waits for a message
+    that was lost. A run is claimed only once (`claim`), so extra messages
+    are harmless."""
+    served = queues or [settings.queue]
     url = settings.resolved_database_url
     with session_scope(url) as session:
         lost = session.scalars(
@@ -379,6 +473,7 @@ def recover(settings: Settings, worker_name: str) -> list[int]:
             for run in session.scalars(
                 select(Run).where(Run.status == RunStatus.queued)
             )
+            if (run.queue or settings.queue) in served
         ]
     for run_id, queue, copies in queued:
         requeue(run_id, queue, copies)
@@ -416,11 +511,7 @@ LOST_NOTE = "run lost on attempt"
 def give_back(session: Session, run: Run, settings: Settings, why: str) -> bool:
     """Re-queue a lost run, or fail it after max_attempts, naming what ended
     each attempt; True if re-queued."""
-    note = f"{LOST_NOTE} {run.attempts}: {why}"
-    logger.warning("run %d: %s", run.id, note)
-    seq = records.next_log_seq(session, run.id)
-    records.add_log_rows(session, [{"run_id": run.id, "seq": seq,
-                                    "time": time.time(), "text": note}])  # fmt: skip
+    note(session, run.id, f"{LOST_NOTE} {run.attempts}: {why}")
     if run.attempts >= settings.max_attempts:
         history = session.scalars(
             select(LogLine.text)

@@ -34,11 +34,15 @@ def list_workers(
     have not stopped; `online=false` the others.
     """
     is_online = online_clause(settings.lost_after_s)
-    # Node 0 of a run records its name; the newest, should a stale row linger.
-    training = (
+    # The worker records the run it trains (any host of it); node 0 is also
+    # named on the run. Only a run still running counts.
+    training = func.coalesce(
+        select(Run.id)
+        .where(Run.id == Worker.run_id, Run.status == RunStatus.running)
+        .scalar_subquery(),
         select(func.max(Run.id))
         .where(Run.status == RunStatus.running, Run.worker == Worker.name)
-        .scalar_subquery()
+        .scalar_subquery(),
     )
     query = select(Worker, is_online.label("online"), training.label("run_id"))
     if online is not None:

@@ -248,7 +248,14 @@ def test_run_over_two_hosts_matches_one_host(settings: Settings) -> None:
         two_hosts = launch(client, experiment.json()["id"],
                            "distributed.world_size=2",
                            "distributed.nodes=2")  # fmt: skip
-        spread = wait_for(client, two_hosts, finished, timeout=180)
+        busy: set[str] = set()  # workers seen training it (both hosts)
+
+        def done(run: dict) -> bool:
+            workers = client.get("/api/workers").json()
+            busy.update(w["name"] for w in workers if w["run_id"] == two_hosts)
+            return finished(run)
+
+        spread = wait_for(client, two_hosts, done, timeout=180)
         one_host = launch(client, experiment.json()["id"], "distributed.world_size=2")
         together = wait_for(client, one_host, finished, timeout=180)
     finally:
@@ -261,6 +268,10 @@ def test_run_over_two_hosts_matches_one_host(settings: Settings) -> None:
     joined = [i for i in (0, 1) if f"run {two_hosts}: node 1 of 2 started" in
               (logs / f"host{i}.log").read_text()]  # fmt: skip
     assert len(joined) == 1 and spread["worker"].startswith(f"host{1 - joined[0]}@")
+    assert {name.split("@")[0] for name in busy} == {"host0", "host1"}
+    notes = logs_of(client, two_hosts)
+    assert any("waiting for 1 more host(s)" in line for line in notes)
+    assert any("node 1 of 2 joined on host" in line for line in notes)
     assert loss_curve(settings, two_hosts) == pytest.approx(
         loss_curve(settings, one_host), rel=1e-5
     )
@@ -286,3 +297,35 @@ def test_gpu_runs_wait_for_a_worker_with_gpus(settings: Settings) -> None:
     broker = redis.Redis.from_url(settings.broker_url)
     assert broker.llen(f"{settings.queue}.gpu1") >= 1  # its message waits there
     broker.delete(f"{settings.queue}.gpu1")
+
+
+def test_run_short_of_hosts_fails_or_cancels_promptly(settings: Settings) -> None:
+    """nodes=2 with one worker: the run says it waits for a host, a cancel
+    ends it at once, and without one it fails after timeout_minutes."""
+    client = TestClient(create_app(settings))
+    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    log = settings.artifact_dir.parent / "alone.log"
+    worker = start_worker(settings, log, VSML_NODE_ADDRESS="127.0.0.1")
+    two = ("distributed.world_size=2", "distributed.nodes=2")
+    try:
+        waits = launch(client, experiment.json()["id"], *two)
+        wait_for(
+            client,
+            waits,
+            lambda r: any(
+                "waiting for 1 more host" in line for line in logs_of(client, waits)
+            ),
+        )
+        client.post(f"/api/runs/{waits}/cancel")
+        start = time.monotonic()
+        cancelled = wait_for(client, waits, finished, timeout=60)
+        took = time.monotonic() - start
+        alone = launch(client, experiment.json()["id"], *two,
+                       "distributed.timeout_minutes=0.1")  # fmt: skip
+        failed = wait_for(client, alone, finished, timeout=90)
+    finally:
+        stop(worker)
+    assert cancelled["status"] == "cancelled" and took < 15, (cancelled, took)
+    assert failed["status"] == "failed", failed
+    assert "only 1 of 2 hosts joined" in failed["error"]
+    assert "serving queue" in failed["error"]
