@@ -5,7 +5,7 @@ import torch
 
 from vsml import backprop, es, model
 from vsml.optim import Adam
-from vsml.training import Callbacks, Trainer
+from vsml.training import Callbacks, DivergedError, Trainer
 
 
 class Recorder(Callbacks):
@@ -245,3 +245,16 @@ def test_es_with_fitness_shaping_runs(tiny_config):
     recorder = Recorder()
     Trainer(config, recorder).run()
     assert len(recorder.metrics) == 2
+
+
+@pytest.mark.parametrize("optimizer", ["es", "backprop"])
+def test_diverged_meta_training_stops_with_a_clear_error(tiny_config, optimizer):
+    """A NaN meta-loss ends the run at once (every later step would be NaN)."""
+    config = tiny_config(f"optimizer.type={optimizer}")
+    trainer = Trainer(config, Callbacks())
+    trainer.train_step()
+    name = next(iter(trainer.params))
+    trainer.params[name] = torch.full_like(trainer.params[name], float("nan"))
+    with pytest.raises(DivergedError, match="diverged at iteration 2"):
+        trainer.train_step()
+    assert trainer.iteration == 1

@@ -165,7 +165,11 @@ class OptimizerConfig(_Section):
     population_size: int = Field(16, ge=1, le=1_000_000)
     sigma: float = Field(0.05, gt=0)  # ES noise scale
     fitness_shaping: Literal["none", "centered_ranks"] = "none"  # ES loss transform
-    learning_rate: float = Field(0.025, gt=0)  # Adam step size
+    learning_rate: float = Field(0.025, gt=0)  # Adam step size (initial one)
+    # step size over the run: constant, or cosine decay over num_iterations
+    learning_rate_schedule: Literal["constant", "cosine"] = "constant"
+    # cosine: the last step size as a fraction of learning_rate
+    final_learning_rate_fraction: float = Field(0.1, ge=0, le=1)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     clip_norm: float | None = Field(None, gt=0)  # global-norm clip of the update

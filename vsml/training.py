@@ -21,10 +21,22 @@ from vsml.config import ExperimentConfig, validate
 from vsml.distributed import Comm, share
 from vsml.evaluation import LearningCurve, MetaTester, MetaTestInterruptedError
 from vsml.objective import meta_loss, run_members, step_accuracy, step_losses
-from vsml.optim import Adam, clip_by_global_norm, global_norm
+from vsml.optim import (
+    Adam,
+    Schedule,
+    clip_by_global_norm,
+    constant_schedule,
+    cosine_schedule,
+    global_norm,
+)
 
 CHECKPOINT_FORMAT = 1
 DATA_SEED_OFFSET = 7_919  # keeps the episode stream apart from the noise stream
+
+
+class DivergedError(ValueError):
+    """Meta-training produced a non-finite loss or gradient; the parameters
+    of the last checkpoint are still finite."""
 
 
 class Callbacks:
@@ -49,6 +61,22 @@ def network_for(config: ExperimentConfig) -> model.NetworkSpec:
     height, width = config.data.image_size
     shape = (height, width, config.data.channels)
     return model.build_network(config.model, shape, config.data.num_classes)
+
+
+def learning_rate_schedule(config: ExperimentConfig) -> Schedule:
+    """Adam's step size by meta-iteration; cosine decays over num_iterations.
+
+    A run stopped early by its time limit never reaches the final value, so
+    a decaying preset should be bounded by num_iterations.
+    """
+    opt = config.optimizer
+    if opt.learning_rate_schedule == "cosine":
+        return cosine_schedule(
+            opt.learning_rate,
+            config.training.num_iterations,
+            opt.final_learning_rate_fraction,
+        )
+    return constant_schedule(opt.learning_rate)
 
 
 def updates_per_step(spec: model.NetworkSpec) -> int:
@@ -110,7 +138,7 @@ class Trainer:
         params = model.init_params(self.spec, self.generator, population=1)
         self.params = _to(params, self.device)
         opt = config.optimizer
-        self.adam = Adam(opt.learning_rate, opt.beta1, opt.beta2)
+        self.adam = Adam(learning_rate_schedule(config), opt.beta1, opt.beta2)
         self.iteration = 0
         # Bookkeeping of `run`: last checkpointed and meta-tested iterations.
         self._saved, self._tested = -1, -1
@@ -213,7 +241,9 @@ class Trainer:
         else:
             result = self._backprop_step()
         grad_norm = float(global_norm(result.grads))
+        self._check_finite(result, grad_norm)
         grads = clip_by_global_norm(result.grads, self.config.optimizer.clip_norm)
+        learning_rate = self.adam.current_learning_rate()
         self.params = self.adam.step(self.params, grads)
         self.iteration += 1
 
@@ -224,9 +254,22 @@ class Trainer:
             "train_accuracy": result.accuracy,
             "grad_norm": grad_norm,
             "param_norm": float(global_norm(self.params)),
+            "learning_rate": learning_rate,
             "seconds_per_iteration": seconds,
             "updates_per_s": updates / seconds,
         }
+
+    def _check_finite(self, result: StepResult, grad_norm: float) -> None:
+        # A NaN step would make every later step NaN too: stop at the first.
+        loss = float(result.losses.mean())
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        raise DivergedError(
+            f"meta-training diverged at iteration {self.iteration + 1}: meta-loss "
+            f"{loss}, gradient norm {grad_norm}; lower optimizer.learning_rate or "
+            "optimizer.sigma, or set optimizer.clip_norm (the last checkpoint "
+            "holds finite meta-parameters)"
+        )
 
     # --- checkpoints -------------------------------------------------------
 
