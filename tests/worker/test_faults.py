@@ -9,8 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,24 +22,12 @@ from server.db import get_engine, session_scope
 from server.migrate import upgrade
 from server.models import MetricPoint
 from tests.services import (
-    REDIS,
     free_port,
-    fresh_postgres,
     private_postgres,
     private_redis,
 )
 from tests.worker.test_recovery import LONG, history, start_worker, stop
 from tests.worker.test_worker import ROOT, TINY_YAML, finished, launch, wait_for
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    with fresh_postgres() as url:
-        upgrade(url)
-        yield Settings(
-            artifact_dir=tmp_path / "artifacts", database_url=url,
-            broker_url=REDIS, queue=f"test-{uuid.uuid4().hex[:8]}",
-        )  # fmt: skip
 
 
 def training_pids(run_id: int) -> dict[int, int]:

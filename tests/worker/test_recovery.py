@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,20 +16,8 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.config import Settings
 from server.db import session_scope
-from server.migrate import upgrade
 from server.models import MetricPoint, Run, utcnow
-from tests.services import REDIS, fresh_postgres
 from tests.worker.test_worker import ROOT, TINY_YAML, finished, launch, wait_for
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    with fresh_postgres() as url:
-        upgrade(url)
-        yield Settings(
-            artifact_dir=tmp_path / "artifacts", database_url=url,
-            broker_url=REDIS, queue=f"test-{uuid.uuid4().hex[:8]}",
-        )  # fmt: skip
 
 
 def start_worker(
