@@ -50,8 +50,9 @@ def history(settings: Settings, run_id: int) -> list[int]:
         return sorted(step for (step,) in rows)  # fmt: skip
 
 
+# Long enough (about 15 s) that a stop or a kill lands mid-run, not after it.
 LONG = ("training.num_iterations=60", "training.checkpoint_every=5",
-        "evaluation.every=1000")  # fmt: skip
+        "training.episode_length=36", "evaluation.every=1000")  # fmt: skip
 
 
 @pytest.mark.parametrize("how", ["kill -9", "warm stop"])
