@@ -16,7 +16,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
 from server.config import Settings
 from server.db import get_engine, session_scope
 from server.migrate import upgrade
@@ -26,7 +25,7 @@ from tests.services import (
     private_postgres,
     private_redis,
 )
-from tests.worker.test_recovery import LONG, history, start_worker, stop
+from tests.worker.test_recovery import LONG, history, start_worker, stop, tiny_lab
 from tests.worker.test_worker import ROOT, TINY_YAML, finished, launch, wait_for
 
 
@@ -68,12 +67,11 @@ def test_killed_training_process_is_retried(
 ) -> None:
     """kill -9 of one training process: the run resumes from its checkpoint
     and ends with every meta-iteration stored exactly once."""
-    client = TestClient(create_app(settings))
-    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    client, experiment_id = tiny_lab(settings)
     log = settings.artifact_dir.parent / "worker.log"
     worker = start_worker(settings, log)
     try:
-        run_id = launch(client, experiment.json()["id"], *LONG,
+        run_id = launch(client, experiment_id, *LONG,
                         f"distributed.world_size={world_size}")  # fmt: skip
         kill_rank_when(client, run_id, rank, lambda r: r["iteration"] >= 12)
         run = wait_for(client, run_id, finished, timeout=180)
@@ -88,12 +86,11 @@ def test_killed_training_process_is_retried(
 
 
 def test_run_that_keeps_crashing_fails_naming_each_attempt(settings: Settings) -> None:
-    client = TestClient(create_app(settings))
-    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    client, experiment_id = tiny_lab(settings)
     log = settings.artifact_dir.parent / "worker.log"
     worker = start_worker(settings, log, VSML_MAX_ATTEMPTS="2")
     try:
-        run_id = launch(client, experiment.json()["id"], *LONG)
+        run_id = launch(client, experiment_id, *LONG)
         for attempt in (1, 2):
             kill_rank_when(client, run_id, 0, lambda r, a=attempt: (
                 r["attempts"] == a and r["status"] == "running"
@@ -110,14 +107,13 @@ def test_run_that_keeps_crashing_fails_naming_each_attempt(settings: Settings) -
 def test_redelivered_long_run_is_not_run_twice(settings: Settings) -> None:
     """Redis hands a run that outlives its visibility timeout to another
     worker; that worker skips it and the run trains once."""
-    client = TestClient(create_app(settings))
-    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    client, experiment_id = tiny_lab(settings)
     logs = settings.artifact_dir.parent
     quick = {"VSML_BROKER_VISIBILITY_S": "2"}
     first = start_worker(settings, logs / "first.log", name="first@%h", **quick)
     second = None
     try:
-        run_id = launch(client, experiment.json()["id"], *LONG)
+        run_id = launch(client, experiment_id, *LONG)
         wait_for(client, run_id, lambda r: r["status"] == "running", timeout=60)
         second = start_worker(settings, logs / "second.log", name="second@%h",
                               **quick)  # fmt: skip
@@ -139,16 +135,15 @@ def test_redis_restart_mid_run_loses_nothing(settings: Settings, tmp_path: Path)
     with private_redis(tmp_path) as redis:
         broker = f"redis://127.0.0.1:{redis.port}/0"
         settings = settings.model_copy(update={"broker_url": broker})
-        client = TestClient(create_app(settings))
-        experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+        client, experiment_id = tiny_lab(settings)
         log = settings.artifact_dir.parent / "worker.log"
         worker = start_worker(settings, log)
         try:
-            run_id = launch(client, experiment.json()["id"], *LONG)
+            run_id = launch(client, experiment_id, *LONG)
             wait_for(client, run_id, lambda r: r["iteration"] >= 10, timeout=90)
             redis.restart(down_s=3)
             run = wait_for(client, run_id, finished, timeout=180)
-            later = launch(client, experiment.json()["id"])  # sent after it
+            later = launch(client, experiment_id)  # sent after it
             after = wait_for(client, later, finished, timeout=180)
         finally:
             stop(worker)
@@ -193,8 +188,10 @@ def test_database_and_api_restart_mid_run_lose_nothing(
         worker = start_worker(settings, logs / "worker.log")
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         try:
-            experiment = http.post("/api/experiments", json={"config": TINY_YAML})
-            run_id = launch(http, experiment.json()["id"], *LONG)
+            experiment_id = http.post(
+                "/api/experiments", json={"config": TINY_YAML}
+            ).json()["id"]
+            run_id = launch(http, experiment_id, *LONG)
             wait_for(http, run_id, lambda r: r["iteration"] >= 10, timeout=90)
             api.kill()
             api.wait(30)
@@ -225,14 +222,13 @@ def test_run_over_two_hosts_matches_one_host(settings: Settings) -> None:
     """distributed.nodes=2: two workers (two "hosts" on loopback) each take
     one copy of the run, rendezvous, and train it together, with the same
     losses as the two processes on one host."""
-    client = TestClient(create_app(settings))
-    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    client, experiment_id = tiny_lab(settings)
     logs = settings.artifact_dir.parent
     on_loopback = {"VSML_NODE_ADDRESS": "127.0.0.1"}
     hosts = [start_worker(settings, logs / f"host{i}.log", name=f"host{i}@%h",
                           **on_loopback) for i in (0, 1)]  # fmt: skip
     try:
-        two_hosts = launch(client, experiment.json()["id"],
+        two_hosts = launch(client, experiment_id,
                            "distributed.world_size=2",
                            "distributed.nodes=2")  # fmt: skip
         busy: set[str] = set()  # workers seen training it (both hosts)
@@ -243,7 +239,7 @@ def test_run_over_two_hosts_matches_one_host(settings: Settings) -> None:
             return finished(run)
 
         spread = wait_for(client, two_hosts, done, timeout=180)
-        one_host = launch(client, experiment.json()["id"], "distributed.world_size=2")
+        one_host = launch(client, experiment_id, "distributed.world_size=2")
         together = wait_for(client, one_host, finished, timeout=180)
     finally:
         for host in hosts:
@@ -269,12 +265,11 @@ def test_gpu_runs_wait_for_a_worker_with_gpus(settings: Settings) -> None:
     not serve: it stays queued while CPU runs pass it by."""
     import redis
 
-    client = TestClient(create_app(settings))
-    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    client, experiment_id = tiny_lab(settings)
     worker = start_worker(settings, settings.artifact_dir.parent / "cpu.log")
     try:
-        gpu_run = launch(client, experiment.json()["id"], "distributed.gpus=1")
-        cpu_run = launch(client, experiment.json()["id"])
+        gpu_run = launch(client, experiment_id, "distributed.gpus=1")
+        cpu_run = launch(client, experiment_id)
         assert wait_for(client, cpu_run, finished)["status"] == "succeeded"
         waiting = client.get(f"/api/runs/{gpu_run}").json()
     finally:
@@ -289,13 +284,12 @@ def test_gpu_runs_wait_for_a_worker_with_gpus(settings: Settings) -> None:
 def test_run_short_of_hosts_fails_or_cancels_promptly(settings: Settings) -> None:
     """nodes=2 with one worker: the run says it waits for a host, a cancel
     ends it at once, and without one it fails after timeout_minutes."""
-    client = TestClient(create_app(settings))
-    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    client, experiment_id = tiny_lab(settings)
     log = settings.artifact_dir.parent / "alone.log"
     worker = start_worker(settings, log, VSML_NODE_ADDRESS="127.0.0.1")
     two = ("distributed.world_size=2", "distributed.nodes=2")
     try:
-        waits = launch(client, experiment.json()["id"], *two)
+        waits = launch(client, experiment_id, *two)
         wait_for(
             client,
             waits,
@@ -307,7 +301,7 @@ def test_run_short_of_hosts_fails_or_cancels_promptly(settings: Settings) -> Non
         start = time.monotonic()
         cancelled = wait_for(client, waits, finished, timeout=60)
         took = time.monotonic() - start
-        alone = launch(client, experiment.json()["id"], *two,
+        alone = launch(client, experiment_id, *two,
                        "distributed.timeout_minutes=0.1")  # fmt: skip
         failed = wait_for(client, alone, finished, timeout=90)
     finally:

@@ -38,6 +38,13 @@ def start_worker(
         )  # fmt: skip
 
 
+def tiny_lab(settings: Settings) -> tuple[TestClient, int]:
+    """An API client on these settings and the id of a tiny experiment."""
+    client = TestClient(create_app(settings))
+    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    return client, experiment.json()["id"]
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
@@ -59,12 +66,11 @@ LONG = ("training.num_iterations=60", "training.checkpoint_every=5",
 def test_run_resumes_after_its_worker_goes(settings: Settings, how: str) -> None:
     """Killed or stopped mid-run, the run resumes on the next worker and ends
     with every meta-iteration recorded exactly once."""
-    client = TestClient(create_app(settings))
-    experiment = client.post("/api/experiments", json={"config": TINY_YAML})
+    client, experiment_id = tiny_lab(settings)
     log = settings.artifact_dir.parent / "worker.log"
     worker = start_worker(settings, log)
     try:
-        run_id = launch(client, experiment.json()["id"], *LONG)
+        run_id = launch(client, experiment_id, *LONG)
         wait_for(client, run_id, lambda r: r["iteration"] >= 12, timeout=90)
         if how == "kill -9":
             worker.send_signal(signal.SIGKILL)
