@@ -6,7 +6,9 @@ Prints, per variant (plain, and with the backward pass):
                             2 micro ticks, 16 pairs, episode 100, batch 1
   backprop_peak_mb          peak resident memory (MB) of a fresh process that
                             takes one backprop meta-gradient step with 4
-                            trajectories of 100 steps
+                            trajectories of 100 steps, as training does by
+                            default on a CPU: one trajectory at a time
+  backprop_peak_mb_all_at_once   the same with all 4 differentiated together
 Usage: python bench/throughput.py [--json] [--repeats N]
 """
 
@@ -22,7 +24,7 @@ import time
 import torch
 
 from vsml import backprop, es, model
-from vsml.config import ModelConfig
+from vsml.config import ModelConfig, OptimizerConfig
 from vsml.objective import run_members
 
 VARIANTS = {
@@ -56,16 +58,17 @@ def es_updates_per_s(options: dict, repeats: int) -> float:
     return updates / best
 
 
-def backprop_step(options: dict) -> None:
+def backprop_step(options: dict, chunk: int = 0) -> None:
     """One meta-gradient step, 4 trajectories x 100 steps (run in a subprocess)."""
     spec, params, x, y, gen = _problem(options, 4)
-    backprop.meta_gradient(spec, params, x, y, gen, "mean", segment=10)
+    segment = OptimizerConfig().checkpoint_segment
+    backprop.meta_gradient(spec, params, x, y, gen, "mean", segment, chunk=chunk)
 
 
-def backprop_peak_mb(variant: str) -> float:
+def backprop_peak_mb(variant: str, chunk: int = 0) -> float:
     code = (
         "import resource, bench.throughput as b; "
-        f"b.backprop_step(b.VARIANTS[{variant!r}]); "
+        f"b.backprop_step(b.VARIANTS[{variant!r}], {chunk}); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run(
@@ -85,6 +88,7 @@ def main() -> None:
             options, args.repeats
         )
         figures[f"backprop_peak_mb{suffix}"] = backprop_peak_mb(suffix)
+        figures[f"backprop_peak_mb{suffix}_all_at_once"] = backprop_peak_mb(suffix, 4)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures["this_process_peak_mb"] = base
     if args.json:

@@ -163,6 +163,26 @@ def test_checkpointing_over_time_keeps_the_meta_gradient(tiny_config):
     assert any(g.abs().max() > 0 for g in whole.values())
 
 
+def test_backprop_chunks_of_trajectories_keep_the_meta_gradient(tiny_config):
+    """Trajectories differentiated one or two at a time give the whole-batch result."""
+    config = tiny_config("optimizer.type=backprop")
+    trainer = Trainer(config)
+    x, y = trainer._episodes(3)
+
+    def grad(chunk):
+        gen = torch.Generator().manual_seed(3)
+        return backprop.meta_gradient(
+            trainer.spec, trainer.params, x, y, gen, "mean", 2, chunk=chunk
+        )
+
+    (whole, whole_logits), (ones, _), (twos, two_logits) = grad(3), grad(1), grad(2)
+    for name in whole:
+        assert torch.allclose(whole[name], ones[name], atol=1e-6), name
+        assert torch.allclose(whole[name], twos[name], atol=1e-6), name
+    assert torch.allclose(whole_logits, two_logits, atol=1e-5)
+    assert any(g.abs().max() > 0 for g in whole.values())
+
+
 def test_backprop_gradient_matches_finite_differences(tiny_config):
     """The BPTT meta-gradient agrees with a central finite difference (float64)."""
     torch.set_default_dtype(torch.float64)

@@ -221,7 +221,7 @@ class Trainer:
         mine = share(P, self.comm.rank, self.comm.world_size)
         grads, logits = backprop.meta_gradient(
             self.spec, self.params, x[mine], y[mine], self.generator, tr.meta_loss,
-            opt.checkpoint_segment, state=state.members(mine),
+            opt.checkpoint_segment, state=state.members(mine), chunk=tr.member_chunk,
         )  # fmt: skip
         # The gradient of the mean over all P: weight this slice's mean.
         weight = (mine.stop - mine.start) / P
