@@ -310,3 +310,30 @@ def test_run_short_of_hosts_fails_or_cancels_promptly(settings: Settings) -> Non
     assert failed["status"] == "failed", failed
     assert "only 1 of 2 hosts joined" in failed["error"]
     assert "serving queue" in failed["error"]
+
+
+def test_restarted_worker_resends_only_the_queues_it_serves(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At start, a worker re-sends the queued runs of its own queues and leaves
+    a GPU run's message to the workers with GPUs."""
+    import redis
+
+    from server.queue import make_celery
+    from worker.supervisor import recover
+
+    # The Celery app a worker started with these settings would have.
+    monkeypatch.setattr("worker.app.app", make_celery(settings))
+    client, experiment_id = tiny_lab(settings)
+    cpu_run = launch(client, experiment_id)
+    gpu_run = launch(client, experiment_id, "distributed.gpus=1")
+    broker = redis.Redis.from_url(settings.broker_url)
+    gpu_queue = f"{settings.queue}.gpu1"
+    before = broker.llen(settings.queue), broker.llen(gpu_queue)
+    try:
+        resent = recover(settings, "restarted@test", [settings.queue])
+        after = broker.llen(settings.queue), broker.llen(gpu_queue)
+    finally:
+        broker.delete(settings.queue, gpu_queue)
+    assert resent == [cpu_run] and gpu_run not in resent
+    assert after == (before[0] + 1, before[1])
