@@ -144,20 +144,24 @@ def test_es_shards_sum_to_the_full_estimate():
     assert torch.allclose(first + second, full)
 
 
+def _bptt(tiny_config, trajectories):
+    """meta_gradient(segment, chunk) on one tiny backprop problem, same draws."""
+    trainer = Trainer(tiny_config("optimizer.type=backprop"))
+    x, y = trainer._episodes(trajectories)
+
+    def grad(segment, chunk=0):
+        gen = torch.Generator().manual_seed(3)
+        return backprop.meta_gradient(
+            trainer.spec, trainer.params, x, y, gen, "mean", segment, chunk=chunk
+        )
+
+    return grad, x.shape[1]
+
+
 def test_checkpointing_over_time_keeps_the_meta_gradient(tiny_config):
     """BPTT with segments of 2 steps gives the gradient of unsegmented BPTT."""
-    config = tiny_config("optimizer.type=backprop")
-    trainer = Trainer(config)
-    x, y = trainer._episodes(2)
-
-    def grad(segment):
-        gen = torch.Generator().manual_seed(3)
-        g, _ = backprop.meta_gradient(
-            trainer.spec, trainer.params, x, y, gen, "mean", segment
-        )
-        return g
-
-    whole, pieces = grad(x.shape[1]), grad(2)
+    grad, steps = _bptt(tiny_config, 2)
+    (whole, _), (pieces, _) = grad(steps), grad(2)
     for name in whole:
         assert torch.allclose(whole[name], pieces[name], atol=1e-6), name
     assert any(g.abs().max() > 0 for g in whole.values())
@@ -165,17 +169,9 @@ def test_checkpointing_over_time_keeps_the_meta_gradient(tiny_config):
 
 def test_backprop_chunks_of_trajectories_keep_the_meta_gradient(tiny_config):
     """Trajectories differentiated one or two at a time give the whole-batch result."""
-    config = tiny_config("optimizer.type=backprop")
-    trainer = Trainer(config)
-    x, y = trainer._episodes(3)
-
-    def grad(chunk):
-        gen = torch.Generator().manual_seed(3)
-        return backprop.meta_gradient(
-            trainer.spec, trainer.params, x, y, gen, "mean", 2, chunk=chunk
-        )
-
-    (whole, whole_logits), (ones, _), (twos, two_logits) = grad(3), grad(1), grad(2)
+    grad, _ = _bptt(tiny_config, 3)
+    (whole, whole_logits), (ones, _) = grad(2, chunk=3), grad(2, chunk=1)
+    twos, two_logits = grad(2, chunk=2)
     for name in whole:
         assert torch.allclose(whole[name], ones[name], atol=1e-6), name
         assert torch.allclose(whole[name], twos[name], atol=1e-6), name
