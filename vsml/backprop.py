@@ -49,7 +49,7 @@ def meta_gradient(
     over chunks of `chunk` trajectories; 0 picks one at a time on a CPU and
     all at once elsewhere. On a CPU, glibc keeps much of a big batch's freed
     activations in its heap: one at a time, the peak of bench/throughput.py's
-    step fell from 1.49 GB to 0.58 GB, for a quarter to a third more time.
+    step fell from 1.49 GB to 0.58 GB, in the same time on an idle machine.
 
     Args:
         params: one meta-parameter set, [1, ...].

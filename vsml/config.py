@@ -155,7 +155,7 @@ class TrainingConfig(_Section):
     log_every: int = Field(10, ge=1)  # metrics every N iterations
     checkpoint_every: int = Field(100, ge=1)  # checkpoint every N iterations
     # ES members or backprop trajectories run at once; 0: all, except backprop
-    # on a CPU: one at a time (a fraction of the memory, somewhat slower)
+    # on a CPU: one at a time (a fraction of the memory, as fast when idle)
     member_chunk: int = Field(0, ge=0, le=1_000_000)
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1"
 
